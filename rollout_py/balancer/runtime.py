@@ -1,0 +1,229 @@
+"""A typed client of HAProxy's runtime API: validated commands, parsed answers, detected errors."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+
+from rollout_py.balancer.transports import Transport
+from rollout_py.errors import BalancerError, UnsafeNameError
+
+# HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names
+# (src/tools.c invalid_char). Anything else, above all ';' and newlines, could end the command
+# and start a second one, so it is refused before it reaches a socket.
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+# Server admin state bits (include/haproxy/server-t.h).
+ADMF_FMAINT, ADMF_IMAINT, ADMF_CMAINT = 0x01, 0x02, 0x04
+ADMF_FDRAIN, ADMF_IDRAIN = 0x08, 0x10
+ADMF_RMAINT, ADMF_HMAINT = 0x20, 0x40
+_MAINT_MASK = ADMF_FMAINT | ADMF_IMAINT | ADMF_CMAINT | ADMF_RMAINT | ADMF_HMAINT
+_DRAIN_MASK = ADMF_FDRAIN | ADMF_IDRAIN
+
+OP_STATES = {0: "STOPPED", 1: "STARTING", 2: "RUNNING", 3: "STOPPING"}
+
+# First words of the runtime API's plain-text error answers.
+_ERROR_PREFIXES = (
+    "unknown command", "no such", "can't find", "permission denied", "require ",
+    "invalid ", "'set server", "unexpected", "missing ", "expects ", "not ", "error",
+)
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Returns ``name`` if HAProxy would accept it as a proxy/server name, else raises.
+
+    Example:
+        >>> validate_name("server", "app01")
+        'app01'
+    """
+    if not _NAME.fullmatch(name):
+        raise UnsafeNameError(
+            f"{kind} name {name!r} is not a valid HAProxy name "
+            "(allowed: letters, digits, '-', '_', '.', ':')"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """One line of ``show servers state``."""
+
+    backend: str
+    name: str
+    address: str
+    op_state: int
+    admin_state: int
+    weight: int
+    port: int | None
+
+    @property
+    def running(self) -> bool:
+        """HAProxy's checks (or presumption) say the server is up."""
+        return self.op_state == 2
+
+    @property
+    def maint(self) -> bool:
+        return bool(self.admin_state & _MAINT_MASK)
+
+    @property
+    def drain(self) -> bool:
+        return bool(self.admin_state & _DRAIN_MASK)
+
+    @property
+    def admin(self) -> str:
+        """READY, DRAIN or MAINT, as ``set server ... state`` names them."""
+        if self.maint:
+            return "MAINT"
+        return "DRAIN" if self.drain else "READY"
+
+    @property
+    def in_rotation(self) -> bool:
+        """New requests can reach this server."""
+        return self.running and not self.maint and not self.drain and self.weight > 0
+
+    @property
+    def op(self) -> str:
+        return OP_STATES.get(self.op_state, str(self.op_state))
+
+
+@dataclass(frozen=True, slots=True)
+class StatRow:
+    """The fields of one ``show stat`` row that rollout_py reads."""
+
+    proxy: str
+    name: str
+    scur: int
+    status: str
+    weight: int
+    check_status: str
+
+
+def _check_error(command: str, answer: str) -> None:
+    first = answer.strip().splitlines()[0].strip().lower() if answer.strip() else ""
+    if first.startswith(_ERROR_PREFIXES):
+        raise BalancerError(f"HAProxy refused {command!r}: {answer.strip()}")
+
+
+def parse_servers_state(answer: str) -> tuple[ServerState, ...]:
+    """Parses the answer of ``show servers state [backend]``.
+
+    Example:
+        >>> text = "1\\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state "\\
+        ...     "srv_uweight srv_iweight srv_port\\n3 app 1 app01 10.0.0.1 2 0 1 1 8080\\n"
+        >>> parse_servers_state(text)[0].in_rotation
+        True
+    """
+    lines = [ln for ln in answer.splitlines() if ln.strip()]
+    header: list[str] | None = None
+    rows: list[ServerState] = []
+    for line in lines:
+        if line.startswith("#"):
+            header = line.lstrip("#").split()
+            continue
+        if header is None:
+            continue  # the format version line
+        values = dict(zip(header, line.split(), strict=False))
+        try:
+            port = values.get("srv_port", "-")
+            rows.append(ServerState(
+                backend=values["be_name"], name=values["srv_name"], address=values["srv_addr"],
+                op_state=int(values["srv_op_state"]), admin_state=int(values["srv_admin_state"]),
+                weight=int(values["srv_uweight"]),
+                port=int(port) if port.isdigit() else None,
+            ))
+        except (KeyError, ValueError) as exc:
+            raise BalancerError(f"unexpected 'show servers state' line: {line!r}") from exc
+    if header is None and lines:
+        raise BalancerError(f"unexpected 'show servers state' answer: {answer.strip()[:200]!r}")
+    return tuple(rows)
+
+
+def parse_stat_csv(answer: str) -> tuple[StatRow, ...]:
+    """Parses ``show stat`` CSV into rows (frontends and backends included).
+
+    Example:
+        >>> parse_stat_csv("# pxname,svname,qcur,qmax,scur,status,weight,check_status\\n"
+        ...                "app,app01,0,0,3,UP,1,L7OK\\n")[0].scur
+        3
+    """
+    text = answer.lstrip()
+    if not text.startswith("# "):
+        raise BalancerError(f"unexpected 'show stat' answer: {answer.strip()[:200]!r}")
+    reader = csv.DictReader(text[2:].splitlines())
+    rows = []
+    for rec in reader:
+        rows.append(StatRow(
+            proxy=rec.get("pxname", ""), name=rec.get("svname", ""),
+            scur=int(rec.get("scur") or 0), status=rec.get("status", ""),
+            weight=int(rec.get("weight") or 0), check_status=rec.get("check_status", ""),
+        ))
+    return tuple(rows)
+
+
+class RuntimeAPI:
+    """Commands to one HAProxy, over any transport. Every name is validated before sending.
+
+    Example:
+        >>> from rollout_py.balancer import open_transport
+        >>> api = RuntimeAPI(open_transport("unix:///run/haproxy/admin.sock"))  # doctest: +SKIP
+        >>> api.servers_state("app")  # doctest: +SKIP
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    @property
+    def url(self) -> str:
+        return self.transport.url
+
+    def raw(self, command: str) -> str:
+        """Sends one command (refusing any that holds ';' or a newline); errors raise."""
+        if ";" in command or "\n" in command or "\r" in command:
+            raise UnsafeNameError(f"refusing to send {command!r}: ';' or newline would chain commands")
+        answer = self.transport.send(command)
+        _check_error(command, answer)
+        return answer
+
+    def servers_state(self, backend: str) -> tuple[ServerState, ...]:
+        validate_name("backend", backend)
+        return parse_servers_state(self.raw(f"show servers state {backend}"))
+
+    def stat(self, backend: str | None = None) -> tuple[StatRow, ...]:
+        if backend is None:
+            return parse_stat_csv(self.raw("show stat"))
+        validate_name("backend", backend)
+        return parse_stat_csv(self.raw(f"show stat {backend} 4 -1"))
+
+    def set_state(self, backend: str, server: str, state: str) -> None:
+        if state not in ("ready", "drain", "maint"):
+            raise ValueError(f"state must be ready, drain or maint, not {state!r}")
+        self._set(backend, server, f"state {state}")
+
+    def set_weight(self, backend: str, server: str, weight: int) -> None:
+        if not 0 <= weight <= 256:
+            raise ValueError(f"weight must be 0..256, not {weight}")
+        self._set(backend, server, f"weight {weight}")
+
+    def shutdown_sessions(self, backend: str, server: str) -> None:
+        validate_name("backend", backend)
+        validate_name("server", server)
+        self._expect_empty(f"shutdown sessions server {backend}/{server}")
+
+    def _set(self, backend: str, server: str, what: str) -> None:
+        validate_name("backend", backend)
+        validate_name("server", server)
+        self._expect_empty(f"set server {backend}/{server} {what}")
+
+    def _expect_empty(self, command: str) -> None:
+        answer = self.raw(command)
+        if answer.strip():  # state changes answer nothing on success
+            raise BalancerError(f"HAProxy refused {command!r}: {answer.strip()}")
+
+    def admin_level(self) -> bool:
+        """True if this socket accepts admin-level commands (probed with a harmless one)."""
+        answer = self.transport.send("show cli level")
+        return answer.strip().lower() == "admin"
+
+    def close(self) -> None:
+        self.transport.close()

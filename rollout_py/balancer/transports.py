@@ -1,0 +1,187 @@
+"""Byte transports to one HAProxy admin socket: a local unix socket, TCP, or SSH to the LB host.
+
+Each call sends one command and reads the answer until HAProxy closes the stream (the runtime
+API's non-interactive mode), so one command can never run into the next.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import unquote, urlsplit
+
+from rollout_py.errors import BalancerError, InputError
+
+
+class Transport(Protocol):
+    """Sends one runtime API command and returns HAProxy's whole answer."""
+
+    url: str
+
+    def send(self, command: str) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+@dataclass
+class UnixTransport:
+    """The admin socket as a local unix socket path."""
+
+    url: str
+    path: str
+    timeout: float = 5.0
+
+    def send(self, command: str) -> str:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(self.path)
+                sock.sendall(command.encode() + b"\n")
+                return _recv_all(sock).decode(errors="replace")
+        except OSError as exc:
+            raise BalancerError(f"{self.url}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class TcpTransport:
+    """The admin socket exposed on TCP (``stats socket ipv4@host:port level admin``)."""
+
+    url: str
+    host: str
+    port: int
+    timeout: float = 5.0
+
+    def send(self, command: str) -> str:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
+                sock.sendall(command.encode() + b"\n")
+                return _recv_all(sock).decode(errors="replace")
+        except OSError as exc:
+            raise BalancerError(f"{self.url}: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SshOptions:
+    """How to reach LB hosts over SSH: key, known_hosts (host keys are always checked)."""
+
+    key_filename: str | None = None
+    known_hosts: str | None = None
+    bind_address: str | None = None
+    timeout: float = 10.0
+
+
+class SshTransport:
+    """The admin socket on a remote LB host, reached with paramiko and ``socat`` over SSH.
+
+    One SSH connection is opened lazily and reused for every command (one exec channel each).
+    """
+
+    def __init__(self, url: str, user: str, host: str, port: int, path: str,
+                 options: SshOptions) -> None:
+        self.url = url
+        self._user, self._host, self._port, self._path = user, host, port, path
+        self._options = options
+        self._client: object | None = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> object:
+        import paramiko  # deferred: only SSH users pay for importing paramiko
+
+        client = paramiko.SSHClient()
+        if self._options.known_hosts:
+            client.load_host_keys(self._options.known_hosts)
+        else:
+            client.load_system_host_keys()
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        sock = None
+        if self._options.bind_address:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(self._options.timeout)
+            sock.bind((self._options.bind_address, 0))
+            sock.connect((self._host, self._port))
+        client.connect(
+            self._host, port=self._port, username=self._user,
+            key_filename=self._options.key_filename, timeout=self._options.timeout,
+            allow_agent=False, look_for_keys=self._options.key_filename is None, sock=sock,
+        )
+        return client
+
+    def send(self, command: str) -> str:
+        import paramiko
+
+        remote = f"socat -t 5 - UNIX-CONNECT:{shlex.quote(self._path)}"
+        with self._lock:
+            try:
+                if self._client is None:
+                    self._client = self._connect()
+                client = self._client
+                assert isinstance(client, paramiko.SSHClient)
+                stdin, stdout, stderr = client.exec_command(remote, timeout=self._options.timeout)
+                stdin.write(command + "\n")
+                stdin.channel.shutdown_write()
+                out = stdout.read().decode(errors="replace")
+                status = stdout.channel.recv_exit_status()
+                err = stderr.read().decode(errors="replace").strip()
+            except (OSError, paramiko.SSHException) as exc:
+                self.close_locked()
+                raise BalancerError(f"{self.url}: {exc}") from exc
+        if status != 0:
+            raise BalancerError(f"{self.url}: socat exited {status}: {err or 'no message'}")
+        return out
+
+    def close_locked(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        with self._lock:
+            self.close_locked()
+
+
+def open_transport(url: str, *, ssh: SshOptions | None = None, timeout: float = 5.0) -> Transport:
+    """Builds the transport for a socket URL.
+
+    Args:
+        url: ``unix:///path``, ``tcp://host:port`` or ``ssh://[user@]host[:port]/path``.
+        ssh: SSH options for ``ssh://`` URLs.
+        timeout: seconds for connecting and reading.
+
+    Example:
+        >>> open_transport("unix:///run/haproxy/admin.sock").url
+        'unix:///run/haproxy/admin.sock'
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        path = unquote(parts.netloc + parts.path)
+        if not path.startswith("/"):
+            raise InputError(f"socket {url!r}: a unix socket needs an absolute path")
+        return UnixTransport(url, path, timeout)
+    if parts.scheme == "tcp":
+        if not parts.hostname or not parts.port:
+            raise InputError(f"socket {url!r}: expected tcp://host:port")
+        return TcpTransport(url, parts.hostname, parts.port, timeout)
+    if parts.scheme == "ssh":
+        if not parts.hostname or not parts.path.startswith("/"):
+            raise InputError(f"socket {url!r}: expected ssh://[user@]host[:port]/path/to/admin.sock")
+        return SshTransport(url, parts.username or "root", parts.hostname, parts.port or 22,
+                            unquote(parts.path), ssh or SshOptions())
+    raise InputError(f"socket {url!r}: scheme must be unix://, tcp:// or ssh://")

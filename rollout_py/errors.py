@@ -1,0 +1,40 @@
+"""The exception tree of rollout_py: every error the toolkit raises derives from RolloutError.
+
+Exceptions are for impossibilities (bad input, a missing system tool, a load balancer that
+does not answer); a deploy that fails and rolls back is a normal result, not an exception.
+
+::
+
+    RolloutError
+    ├── InputError            bad input from the user; nothing was touched
+    ├── BalancerError         the HAProxy runtime API refused a command or could not be reached
+    │   └── UnsafeNameError   a name that would break out of a runtime API command
+    └── LabError              the local lab fleet could not be built, driven or torn down
+        └── LabPrerequisiteError  root, a command or a kernel feature the lab needs is missing
+"""
+
+from __future__ import annotations
+
+
+class RolloutError(Exception):
+    """Base class of every error raised by rollout_py."""
+
+
+class InputError(RolloutError):
+    """User input is invalid; raised before anything is touched."""
+
+
+class BalancerError(RolloutError):
+    """The HAProxy runtime API could not be reached or answered with an error."""
+
+
+class UnsafeNameError(BalancerError, InputError):
+    """A backend or server name breaks HAProxy's naming rules (and could inject a command)."""
+
+
+class LabError(RolloutError):
+    """The local lab fleet could not be built, driven or torn down."""
+
+
+class LabPrerequisiteError(LabError):
+    """Something the lab needs (root, haproxy, sshd, ip) is missing; nothing was created."""

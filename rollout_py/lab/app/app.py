@@ -1,0 +1,124 @@
+"""The lab's sample app: one release of a tiny HTTP service, shaped by its release.json.
+
+Runs with the host's system Python and the standard library only, as an app on a VM would.
+Environment: APP_BIND (the host's own address; never 0.0.0.0), APP_PORT.
+Behaviour flags in release.json make a release bad in a chosen way:
+health_fail, start_delay (seconds before it listens), error_rate (share of 500s on /),
+crash_on_start.
+"""
+
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+RELEASE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_release():
+    with open(os.path.join(RELEASE_DIR, "release.json"), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+    allow_reuse_address = True
+
+    def __init__(self, address, meta):
+        super().__init__(address, Handler)
+        self.meta = meta
+        self.host_name = socket.gethostname()
+        self.active = 0
+        self.active_lock = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "rollout-lab-app"
+    timeout = 30  # idle keep-alive connections do not hold a thread forever
+
+    def log_message(self, fmt, *args):  # access logs would cost more than the requests
+        pass
+
+    def _reply(self, status, body):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Served-By", self.server.host_name)
+        self.send_header("X-Version", self.server.meta["version"])
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        srv = self.server
+        with srv.active_lock:
+            srv.active += 1
+        try:
+            self._route()
+        finally:
+            with srv.active_lock:
+                srv.active -= 1
+
+    def _route(self):
+        meta = self.server.meta
+        url = urlsplit(self.path)
+        if url.path == "/health":
+            if meta.get("health_fail"):
+                self._reply(500, "unhealthy\n")
+            else:
+                self._reply(200, "ok\n")
+        elif url.path == "/version":
+            self._reply(200, meta["version"] + "\n")
+        elif url.path == "/slow":
+            # A long-lived request, for drain tests: /slow?seconds=N
+            seconds = float(parse_qs(url.query).get("seconds", ["5"])[0])
+            time.sleep(min(max(seconds, 0.0), 600.0))
+            self._reply(200, f"slow {seconds}s from {self.server.host_name}\n")
+        elif url.path == "/":
+            if random.random() < float(meta.get("error_rate", 0.0)):
+                self._reply(500, "injected error\n")
+            else:
+                self._reply(200, f"host {self.server.host_name} version {meta['version']}\n")
+        else:
+            self._reply(404, "not found\n")
+
+
+def main():
+    meta = load_release()
+    bind = os.environ.get("APP_BIND", "127.0.0.1")
+    port = int(os.environ.get("APP_PORT", "8080"))
+    print(f"app {meta['version']} starting on {bind}:{port}", flush=True)
+    if meta.get("crash_on_start"):
+        print("crash_on_start is set: exiting", flush=True)
+        sys.exit(3)
+    time.sleep(float(meta.get("start_delay", 0)))
+    server = Server((bind, port), meta)
+    stopping = threading.Event()
+
+    def on_term(signum, frame):
+        # Graceful stop: no new connections, in-flight requests finish (bounded).
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    print(f"app {meta['version']} listening", flush=True)
+    server.serve_forever(poll_interval=0.2)
+    server.socket.close()
+    deadline = time.monotonic() + 30
+    while server.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("app stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

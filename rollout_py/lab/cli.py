@@ -1,0 +1,96 @@
+"""``rollout lab``: bring a local fleet up and down, build releases, send load, show state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rollout_py.lab import artifact as artifact_mod
+from rollout_py.lab import lab as lab_mod
+from rollout_py.lab.layout import MAX_HOSTS, Layout
+
+DEFAULT_DIR = Path(".rollout-lab")
+dir_option = click.option("--dir", "lab_dir", type=click.Path(path_type=Path), default=DEFAULT_DIR,
+                          show_default=True, help="The lab's directory.")
+
+
+@click.group()
+def lab() -> None:
+    """A local fleet: network-namespace hosts with sshd and a sample app behind HAProxy."""
+
+
+@lab.command()
+@click.option("--hosts", "n_hosts", type=click.IntRange(1, MAX_HOSTS), default=4, show_default=True)
+@click.option("--lbs", "n_lbs", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="Load balancers; the second runs on its own host, reached over SSH.")
+@click.option("--block", default=None, help="IPv4 block for labs (default 10.213.0.0/16).")
+@dir_option
+def up(n_hosts: int, n_lbs: int, block: str | None, lab_dir: Path) -> int:
+    """Bring the lab up (root)."""
+    layout = lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs, block=block, say=click.echo)
+    _print_summary(layout)
+    return 0
+
+
+def _print_summary(layout: Layout) -> None:
+    info = layout.describe()
+    for lb in info["lbs"]:  # type: ignore[attr-defined]
+        click.echo(f"{lb['name']}: frontend http://{lb['frontend']}  admin {lb['socket_url']}")
+    click.echo(f"inventory: {info['inventory']}")
+    click.echo(f"spec:      {info['spec']}")
+    click.echo(f"ssh:       ssh -F {info['ssh']['config']} "  # type: ignore[index]
+               f"{layout.app_hosts[0].name}")
+
+
+@lab.command()
+@dir_option
+def down(lab_dir: Path) -> int:
+    """Stop everything the lab started and remove its network (safe to repeat)."""
+    lab_mod.down(lab_dir, say=click.echo)
+    return 0
+
+
+@lab.command()
+@dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(lab_dir: Path, as_json: bool) -> int:
+    """Hosts, the version each serves, and each server's state on each LB."""
+    info = lab_mod.status(lab_dir)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return 0
+    click.echo(f"lab {info['dir']} ({info['state']}, {info['subnet']})")
+    lbs: list[dict[str, Any]] = info["lbs"]
+    header = f"{'host':<8} {'address':<15} {'sshd':<5} {'version':<10}" + "".join(
+        f" {lb['name']:<14}" for lb in lbs)
+    click.echo(header)
+    for host in info["hosts"]:
+        cells = []
+        for lb in lbs:
+            srv = lb.get("servers", {}).get(host["name"])
+            cells.append(f" {srv['admin'] + '/' + srv['op'] if srv else lb.get('error', '?'):<14}")
+        click.echo(f"{host['name']:<8} {host['address']:<15} {'up' if host['sshd'] else 'DOWN':<5} "
+                   f"{host['version'] or '-':<10}" + "".join(cells))
+    return 0
+
+
+@lab.command()
+@click.argument("version")
+@click.option("--health-fail", is_flag=True, help="/health answers 500.")
+@click.option("--start-delay", type=click.FloatRange(0, 3600), default=0.0,
+              help="Seconds before the app listens.")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="Share of requests to / that answer 500.")
+@click.option("--crash-on-start", is_flag=True, help="The app exits right after it starts.")
+@dir_option
+def artifact(version: str, health_fail: bool, start_delay: float, error_rate: float,
+             crash_on_start: bool, lab_dir: Path) -> int:
+    """Build release VERSION of the sample app into the lab's artifact store."""
+    behaviour = artifact_mod.Behaviour(health_fail=health_fail, start_delay=start_delay,
+                                       error_rate=error_rate, crash_on_start=crash_on_start)
+    path = artifact_mod.build_artifact(lab_dir.absolute() / "artifacts", version, behaviour)
+    click.echo(str(path))
+    return 0

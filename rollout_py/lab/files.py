@@ -1,0 +1,105 @@
+"""Files ``lab up`` writes for users and tools: inventory, SSH config, ansible.cfg, rollout.yml."""
+
+from __future__ import annotations
+
+from rollout_py.lab.haproxy import BACKEND
+from rollout_py.lab.layout import APP_PORT, Layout
+from rollout_py.resources import playbook, roles_path
+
+
+def inventory(layout: Layout) -> str:
+    lines = ["# Written by `rollout lab up`; removed by `rollout lab down`.", "[app]"]
+    lines += [f"{h.name} ansible_host={h.address}" for h in layout.app_hosts]
+    if layout.lb_hosts:
+        lines += ["", "[lb]"] + [f"{h.name} ansible_host={h.address}" for h in layout.lb_hosts]
+    lines += [
+        "", "[all:vars]",
+        "ansible_user=root",
+        f"ansible_ssh_private_key_file={layout.key}",
+        f"ansible_ssh_common_args=-F {layout.ssh_config}",
+        f"ansible_python_interpreter={layout.host_python}",
+        f"ansible_control_path_dir={layout.run_dir / 'cp'}",
+        f"rollout_artifact_dir={layout.artifacts}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def ssh_config(layout: Layout) -> str:
+    """Host-key checking on, bound to the bridge address, only ever for lab addresses."""
+    common = [
+        "    User root",
+        f"    IdentityFile {layout.key}",
+        "    IdentitiesOnly yes",
+        f"    UserKnownHostsFile {layout.known_hosts}",
+        "    GlobalKnownHostsFile /dev/null",
+        "    StrictHostKeyChecking yes",
+        f"    BindAddress {layout.gateway}",
+        "    ConnectTimeout 5",
+        "    ServerAliveInterval 5",
+        "    ControlMaster auto",
+        f"    ControlPath {layout.run_dir / 'cm-%C'}",
+        "    ControlPersist 60s",
+        "    LogLevel ERROR",
+    ]
+    out = ["# Written by `rollout lab up`: ssh -F this-file app01"]
+    for host in layout.all_hosts:
+        out += [f"Host {host.name}", f"    HostName {host.address}", *common, ""]
+    prefix = ".".join(layout.gateway.split(".")[:3])
+    out += [f"Host {prefix}.*", *common, ""]
+    return "\n".join(out)
+
+
+def known_hosts(layout: Layout, keys: dict[str, str]) -> str:
+    return "".join(
+        f"{h.address},{h.name} {keys[h.name]}\n" for h in layout.all_hosts if h.name in keys
+    )
+
+
+def ansible_cfg(layout: Layout) -> str:
+    return f"""# Written by `rollout lab up`: ANSIBLE_CONFIG={layout.path / 'ansible.cfg'}
+[defaults]
+inventory = {layout.inventory}
+roles_path = {roles_path()}
+host_key_checking = True
+interpreter_python = {layout.host_python}
+gathering = explicit
+forks = 50
+retry_files_enabled = False
+
+[ssh_connection]
+pipelining = True
+ssh_args = -o ControlMaster=auto -o ControlPersist=60s
+control_path_dir = {layout.run_dir / 'cp'}
+control_path = %(directory)s/%%C
+"""
+
+
+def rollout_spec(layout: Layout) -> str:
+    sockets = "\n".join(f"    - {lb.socket_url}" for lb in layout.lbs)
+    return f"""# A rollout spec for this lab, written by `rollout lab up`.
+name: lab
+inventory: inventory.ini
+hosts: app
+playbook: {playbook('deploy.yml')}
+batches: [1, "50%", "100%"]
+max_unavailable: "50%"
+on_failure: rollback_batch
+haproxy:
+  sockets:
+{sockets}
+  ssh_config: ssh/ssh_config
+  backend: {BACKEND}
+  server: "{{{{ inventory_hostname }}}}"
+  drain_timeout: 30
+health:
+  deadline: 30
+  interval: 0.5
+  consecutive: 2
+  probes:
+    - http: "http://{{{{ ansible_host }}}}:{APP_PORT}/health"
+      status: 200
+    - http: "http://{{{{ ansible_host }}}}:{APP_PORT}/version"
+      body: "{{{{ rollout_version }}}}"
+    - haproxy: UP
+"""

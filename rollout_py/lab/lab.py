@@ -1,0 +1,326 @@
+"""Brings a lab fleet up, tears it down and reports its state.
+
+A lab is N namespace hosts (sshd + sample app) behind one or two HAProxy load balancers, all
+recorded in DIR/lab.json so that ``down`` stops exactly what ``up`` started, by PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from rollout_py.balancer import RuntimeAPI, open_transport
+from rollout_py.balancer.transports import SshOptions
+from rollout_py.errors import InputError, LabError, LabPrerequisiteError
+from rollout_py.lab import artifact, files, haproxy, hosts, net
+from rollout_py.lab.layout import APP_PORT, MAX_HOSTS, RUN_ROOT, HostSpec, Layout, LbSpec
+from rollout_py.lab.procs import Proc, run, stop_all
+
+INSTALL_HINT = "apt-get install -y haproxy openssh-server openssh-client iproute2 socat util-linux"
+_TOOLS = {
+    "ip": "iproute2", "haproxy": "haproxy", "sshd": "openssh-server", "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client", "unshare": "util-linux", "nsenter": "util-linux",
+    "socat": "socat",
+}
+
+Say = Callable[[str], None]
+# Lab traffic goes straight to lab addresses, never through a proxy from the environment.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _which(cmd: str) -> str | None:
+    return shutil.which(cmd) or next(
+        (p for p in (f"/usr/sbin/{cmd}", f"/sbin/{cmd}") if os.access(p, os.X_OK)), None)
+
+
+def check_prerequisites() -> None:
+    """Raises LabPrerequisiteError naming everything missing; creates nothing."""
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("the lab needs root (it creates network namespaces, a bridge and routes): "
+                        "run it as root, e.g. `sudo rollout lab up`")
+    missing = sorted({pkg for cmd, pkg in _TOOLS.items() if _which(cmd) is None})
+    if missing:
+        cmds = ", ".join(c for c, p in _TOOLS.items() if p in missing)
+        problems.append(f"missing commands ({cmds}): install them with `{INSTALL_HINT}`")
+    if not os.path.exists("/proc/self/ns/net"):
+        problems.append("this kernel has no network namespaces")
+    if problems:
+        raise LabPrerequisiteError("cannot build the lab:\n  - " + "\n  - ".join(problems))
+
+
+@contextlib.contextmanager
+def _machine_lock() -> Iterator[None]:
+    """Serialises lab creation and removal on this machine (index and bridge allocation)."""
+    RUN_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(RUN_ROOT / "lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _host_python() -> str:
+    return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+
+
+def _validate(lab_dir: Path, n_hosts: int, n_lbs: int) -> None:
+    if not 1 <= n_hosts <= MAX_HOSTS:
+        raise InputError(f"--hosts must be between 1 and {MAX_HOSTS} (one /24), not {n_hosts}")
+    if not 1 <= n_lbs <= 2:
+        raise InputError(f"--lbs must be 1 or 2, not {n_lbs}")
+    if any(ch.isspace() for ch in str(lab_dir)) or "," in str(lab_dir):
+        raise InputError(f"lab dir {str(lab_dir)!r} must not contain spaces or commas "
+                         "(it is written into an Ansible inventory)")
+
+
+def running(layout: Layout) -> bool:
+    return layout.state == "up" and all(Proc.from_json(p).alive() for p in layout.procs.values())
+
+
+def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = None,
+       say: Say = lambda _msg: None) -> Layout:
+    """Builds the lab in ``lab_dir``; on a lab that is already up, changes nothing.
+
+    Example:
+        >>> layout = up(Path(".rollout-lab"), n_hosts=4)  # doctest: +SKIP
+    """
+    lab_dir = lab_dir.absolute()
+    _validate(lab_dir, n_hosts, n_lbs)
+    check_prerequisites()
+    block = block or os.environ.get("ROLLOUT_LAB_BLOCK") or net.DEFAULT_BLOCK
+    with _machine_lock():
+        existing = Layout.load(lab_dir)
+        if existing is not None:
+            if not running(existing):
+                raise LabError(f"the lab in {lab_dir} is not fully up (state {existing.state}, "
+                               f"or a process died): run `rollout lab down --dir {lab_dir}` first")
+            if (existing.n_hosts, existing.n_lbs) != (n_hosts, n_lbs):
+                raise LabError(f"the lab in {lab_dir} is already up with {existing.n_hosts} hosts "
+                               f"and {existing.n_lbs} LB(s); run `rollout lab down` to resize it")
+            say(f"lab already up in {lab_dir}: nothing changed")
+            return existing
+        network = net.check_block(block)
+        net.install_guard(network)  # before anything targets a lab address
+        layout = Layout(dir=str(lab_dir), index=_free_index(network), block=str(network),
+                        n_hosts=n_hosts, n_lbs=n_lbs, host_python=_host_python())
+        lab_dir.mkdir(parents=True, exist_ok=True)
+        layout.save()
+        started = time.monotonic()
+        try:
+            _build(layout, say)
+        except BaseException:
+            say("lab up failed: removing what was created")
+            _teardown(layout)
+            raise
+        layout.state = "up"
+        layout.save()
+        say(f"lab up in {time.monotonic() - started:.1f} s: {n_hosts} hosts on {layout.subnet}")
+        return layout
+
+
+def _free_index(network: ipaddress.IPv4Network) -> int:
+    used = net.used_indexes()
+    count = min(255, 2 ** (24 - network.prefixlen))
+    for index in range(1, count):
+        if index not in used:
+            return index
+    raise LabError(f"no free /24 left in {network} for another lab")
+
+
+def _build(layout: Layout, say: Say) -> None:
+    for path in (layout.logs, layout.ssh_dir, layout.artifacts, layout.run_dir / "cp"):
+        path.mkdir(parents=True, exist_ok=True)
+    if not layout.key.exists():
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rollout-lab", "-f",
+             str(layout.key)])
+    pubkey = layout.key.with_suffix(".pub").read_text()
+    first = artifact.build_artifact(layout.artifacts, "1.0")
+    net.create_bridge(layout.bridge, f"{layout.gateway}/24")
+    say(f"bridge {layout.bridge} {layout.gateway}/24; starting {len(layout.all_hosts)} hosts")
+
+    host_keys: dict[str, str] = {}
+
+    def start_host(host: HostSpec) -> tuple[str, Proc]:
+        net.create_netns(host.netns, host.veth, layout.bridge, f"{host.address}/24")
+        host_keys[host.name] = hosts.prepare(layout, host, pubkey)
+        if host.role == "app":
+            hosts.install_app_runtime(layout, host)
+            app = layout.host_dir(host.name) / "srv" / "app"
+            artifact.unpack(first, app / "releases" / "1.0")
+            os.symlink("/srv/app/releases/1.0", app / "current")
+        sshd = hosts.start_sshd(layout, host)
+        if host.role == "app":
+            hosts.nsenter(sshd, ["/srv/app/bin/appctl", "start"])
+        return host.name, sshd
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(start_host, h) for h in layout.all_hosts]
+        errors = []
+        for fut in futures:
+            try:
+                name, proc = fut.result()
+                layout.procs[f"sshd:{name}"] = proc.to_json()
+            except Exception as exc:  # collect all, then fail once
+                errors.append(exc)
+        layout.save()
+        if errors:
+            raise errors[0]
+
+    layout.lbs = [LbSpec("lb1", haproxy.free_port(), str(layout.run_dir / "lb1.sock"),
+                         f"unix://{layout.run_dir / 'lb1.sock'}", None)]
+    for lb_host in layout.lb_hosts:
+        path = "/run/haproxy/admin.sock"
+        layout.lbs.append(LbSpec(lb_host.name, haproxy.free_port(), path,
+                                 f"ssh://root@{lb_host.address}{path}", lb_host.name))
+    layout.save()
+    for lb in layout.lbs:
+        sshd = Proc.from_json(layout.procs[f"sshd:{lb.host}"]) if lb.host else None
+        layout.procs[f"haproxy:{lb.name}"] = haproxy.start(layout, lb, host_sshd=sshd).to_json()
+        layout.save()
+
+    (layout.path / "inventory.ini").write_text(files.inventory(layout))
+    layout.ssh_config.write_text(files.ssh_config(layout))
+    layout.known_hosts.write_text(files.known_hosts(layout, host_keys))
+    (layout.path / "ansible.cfg").write_text(files.ansible_cfg(layout))
+    (layout.path / "rollout.yml").write_text(files.rollout_spec(layout))
+    _wait_ready(layout, say)
+
+
+def lb_api(layout: Layout, lb: LbSpec) -> RuntimeAPI:
+    """The runtime API of one lab LB, through the transport its socket URL names."""
+    ssh = SshOptions(key_filename=str(layout.key), known_hosts=str(layout.known_hosts),
+                     bind_address=layout.gateway)
+    return RuntimeAPI(open_transport(lb.socket_url, ssh=ssh))
+
+
+def _local_lb_api(layout: Layout, lb: LbSpec) -> RuntimeAPI:
+    """A root-namespace path to an LB's socket, for waiting during ``up`` without SSH."""
+    if lb.host is None:
+        return RuntimeAPI(open_transport(lb.socket_url))
+    path = layout.host_dir(lb.host) / "run" / Path(lb.socket_path).relative_to("/run")
+    return RuntimeAPI(open_transport(f"unix://{path}"))
+
+
+def _wait_ready(layout: Layout, say: Say) -> None:
+    deadline = time.monotonic() + 30 + 0.3 * len(layout.all_hosts)
+    for host in layout.all_hosts:
+        hosts.wait_tcp(host.address, 22, source=layout.gateway, deadline=deadline)
+    for host in layout.app_hosts:
+        hosts.wait_tcp(host.address, APP_PORT, source=layout.gateway, deadline=deadline)
+    for lb in layout.lbs:
+        api = _local_lb_api(layout, lb)
+        while True:
+            states = api.servers_state(haproxy.BACKEND)
+            down = [s.name for s in states if not s.running]
+            if not down:
+                break
+            if time.monotonic() > deadline:
+                raise LabError(f"{lb.name}: servers not UP in time: {', '.join(down)}")
+            time.sleep(0.1)
+    say("all hosts answer and every server is UP on every LB")
+
+
+def down(lab_dir: Path, *, say: Say = lambda _msg: None) -> bool:
+    """Stops everything the lab started and removes its network; safe to run twice.
+
+    Returns False if there was no lab in ``lab_dir``.
+    """
+    lab_dir = lab_dir.absolute()
+    if os.geteuid() != 0:
+        raise LabPrerequisiteError("removing the lab needs root: run it as root")
+    with _machine_lock():
+        layout = Layout.load(lab_dir)
+        if layout is None:
+            say(f"no lab in {lab_dir}")
+            return False
+        _teardown(layout)
+        say(f"lab in {lab_dir} is down; the unreachable route for {layout.block} stays")
+        return True
+
+
+def _teardown(layout: Layout) -> None:
+    procs = [Proc.from_json(p) for p in layout.procs.values()]
+    existing_ns = set(net.list_netns())
+    for host in layout.all_hosts:
+        if host.netns in existing_ns:
+            for pid in net.netns_pids(host.netns):
+                with contextlib.suppress(LabError):
+                    procs.append(Proc.of(pid))
+    stop_all(procs)
+    _close_ssh_masters(layout.run_dir)
+    for host in layout.all_hosts:
+        if host.netns in existing_ns:
+            net.delete_netns(host.netns)
+        net.delete_link(host.veth)
+    net.delete_link(layout.bridge)
+    shutil.rmtree(layout.run_dir, ignore_errors=True)
+    shutil.rmtree(layout.path / "hosts", ignore_errors=True)
+    # A stray run after `down` must find no hosts: the inventory and spec go away.
+    for name in ("inventory.ini", "rollout.yml", "ansible.cfg"):
+        (layout.path / name).unlink(missing_ok=True)
+    for name in ("ssh_config", "known_hosts"):
+        (layout.ssh_dir / name).unlink(missing_ok=True)
+    (layout.path / "lab.json").unlink(missing_ok=True)
+
+
+def _close_ssh_masters(run_dir: Path) -> None:
+    """Asks SSH multiplexing masters on lab hosts to exit (they would linger for ControlPersist)."""
+    if not run_dir.exists():
+        return
+    for sock in [*run_dir.glob("cm-*"), *(run_dir / "cp").glob("*")]:
+        if sock.is_socket():
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab-host"],
+                           capture_output=True, timeout=10, check=False)
+
+
+def status(lab_dir: Path) -> dict[str, Any]:
+    """The lab's hosts (alive, version served) and each server's state on each LB."""
+    layout = Layout.load(lab_dir.absolute())
+    if layout is None:
+        raise LabError(f"no lab in {lab_dir.absolute()}: run `rollout lab up --dir {lab_dir}`")
+    info = layout.describe()
+    host_rows = []
+    for host in layout.app_hosts:
+        proc = layout.procs.get(f"sshd:{host.name}")
+        host_rows.append({
+            "name": host.name, "address": host.address,
+            "sshd": bool(proc and Proc.from_json(proc).alive()),
+            "version": _served_version(layout, host),
+        })
+    lb_rows = []
+    for lb in layout.lbs:
+        row: dict[str, Any] = {"name": lb.name, "frontend": f"127.0.0.1:{lb.port}",
+                               "socket": lb.socket_url}
+        api = lb_api(layout, lb)
+        try:
+            row["servers"] = {
+                s.name: {"admin": s.admin, "op": s.op, "weight": s.weight,
+                         "in_rotation": s.in_rotation}
+                for s in api.servers_state(haproxy.BACKEND)
+            }
+        except Exception as exc:  # report, do not hide, an LB that does not answer
+            row["error"] = str(exc)
+        finally:
+            api.close()
+        lb_rows.append(row)
+    return {"dir": info["dir"], "state": info["state"], "subnet": info["subnet"],
+            "hosts": host_rows, "lbs": lb_rows}
+
+
+def _served_version(layout: Layout, host: HostSpec) -> str | None:
+    net.assert_routed_via(host.address, layout.bridge)
+    try:
+        with _NO_PROXY.open(f"http://{host.address}:{APP_PORT}/version", timeout=2) as resp:
+            return str(resp.read().decode().strip())
+    except OSError:
+        return None

@@ -1,0 +1,158 @@
+"""Where everything of one lab lives: names, addresses and paths, derived from its index and size."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rollout_py.errors import LabError
+
+MAX_HOSTS = 244  # .11 to .254 of the lab's /24
+RUN_ROOT = Path("/run/rollout-lab")
+APP_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class HostSpec:
+    """One namespace host (an app host or a remote LB host)."""
+
+    name: str
+    address: str
+    netns: str
+    veth: str
+    role: str  # "app" or "lb"
+
+
+@dataclass(frozen=True, slots=True)
+class LbSpec:
+    """One HAProxy load balancer; ``host`` names its namespace host when it is remote."""
+
+    name: str
+    port: int
+    socket_path: str  # as seen on the LB's own host
+    socket_url: str  # how a controller reaches it
+    host: str | None
+
+
+@dataclass
+class Layout:
+    """A lab's identity and topology; serialised as lab.json with the PIDs it started."""
+
+    dir: str
+    index: int
+    block: str
+    n_hosts: int
+    n_lbs: int
+    state: str = "starting"
+    lbs: list[LbSpec] = field(default_factory=list)
+    procs: dict[str, dict[str, int]] = field(default_factory=dict)
+    host_python: str = "/usr/bin/python3"
+
+    # --- derived names -----------------------------------------------------------------
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return list(ipaddress.IPv4Network(self.block).subnets(new_prefix=24))[self.index]
+
+    @property
+    def gateway(self) -> str:
+        return str(self.subnet[1])
+
+    @property
+    def bridge(self) -> str:
+        return f"rlab{self.index}"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def run_dir(self) -> Path:
+        """Short paths (unix sockets are limited to 107 bytes): admin sockets, SSH control."""
+        return RUN_ROOT / self.bridge
+
+    def _host(self, name: str, octet: int, role: str) -> HostSpec:
+        return HostSpec(name=name, address=str(self.subnet[octet]),
+                        netns=f"{self.bridge}-{name}", veth=f"{self.bridge}v{octet}", role=role)
+
+    @property
+    def app_hosts(self) -> list[HostSpec]:
+        width = max(2, len(str(self.n_hosts)))
+        return [self._host(f"app{i:0{width}d}", 10 + i, "app") for i in range(1, self.n_hosts + 1)]
+
+    @property
+    def lb_hosts(self) -> list[HostSpec]:
+        """LBs after the first run on namespace hosts of their own (reached over SSH)."""
+        return [self._host(f"lb{i}", 1 + i, "lb") for i in range(2, self.n_lbs + 1)]
+
+    @property
+    def all_hosts(self) -> list[HostSpec]:
+        return self.app_hosts + self.lb_hosts
+
+    def host_dir(self, name: str) -> Path:
+        return self.path / "hosts" / name
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.path / "ssh"
+
+    @property
+    def key(self) -> Path:
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.ssh_dir / "ssh_config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+    @property
+    def inventory(self) -> Path:
+        return self.path / "inventory.ini"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / "artifacts"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    # --- persistence ---------------------------------------------------------------------
+    def save(self) -> None:
+        # Public description at the top level, the exact layout (with PIDs) under "layout".
+        data = self.describe() | {"layout": asdict(self)}
+        tmp = self.path / "lab.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.path / "lab.json")
+
+    @classmethod
+    def load(cls, lab_dir: Path) -> Layout | None:
+        try:
+            data = json.loads((lab_dir / "lab.json").read_text())["layout"]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError) as exc:
+            raise LabError(f"{lab_dir / 'lab.json'} is unreadable ({exc}); remove the lab by hand "
+                           "(ip netns list; ip link show) or restore the file") from exc
+        data["lbs"] = [LbSpec(**lb) for lb in data.get("lbs", [])]
+        return cls(**data)
+
+    def describe(self) -> dict[str, object]:
+        """lab.json's public part: what users and tests read."""
+        return {
+            "dir": self.dir, "state": self.state, "subnet": str(self.subnet),
+            "bridge": self.bridge, "gateway": self.gateway,
+            "hosts": [asdict(h) for h in self.app_hosts],
+            "lb_hosts": [asdict(h) for h in self.lb_hosts],
+            "lbs": [asdict(lb) | {"frontend": f"127.0.0.1:{lb.port}"} for lb in self.lbs],
+            "inventory": str(self.inventory),
+            "spec": str(self.path / "rollout.yml"),
+            "ssh": {"key": str(self.key), "config": str(self.ssh_config),
+                    "known_hosts": str(self.known_hosts), "bind_address": self.gateway},
+            "artifacts": str(self.artifacts),
+        }
