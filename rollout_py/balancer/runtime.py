@@ -180,7 +180,8 @@ class RuntimeAPI:
     def raw(self, command: str) -> str:
         """Sends one command (refusing any that holds ';' or a newline); errors raise."""
         if ";" in command or "\n" in command or "\r" in command:
-            raise UnsafeNameError(f"refusing to send {command!r}: ';' or newline would chain commands")
+            raise UnsafeNameError(
+                f"refusing to send {command!r}: ';' or a newline would chain commands")
         answer = self.transport.send(command)
         _check_error(command, answer)
         return answer

@@ -145,7 +145,7 @@ class SshTransport:
                 raise BalancerError(f"{self.url}: {exc}") from exc
         if status != 0:
             raise BalancerError(f"{self.url}: socat exited {status}: {err or 'no message'}")
-        return out
+        return str(out)
 
     def close_locked(self) -> None:
         client, self._client = self._client, None

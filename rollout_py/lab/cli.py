@@ -94,3 +94,46 @@ def artifact(version: str, health_fail: bool, start_delay: float, error_rate: fl
     path = artifact_mod.build_artifact(lab_dir.absolute() / "artifacts", version, behaviour)
     click.echo(str(path))
     return 0
+
+
+@lab.command()
+@click.option("--rps", type=click.FloatRange(0.1, 20000), required=True,
+              help="Requests per second.")
+@click.option("--duration", type=click.FloatRange(0.1, 86400), required=True, help="Seconds.")
+@click.option("--keepalive", is_flag=True, help="Reuse client connections.")
+@click.option("--lb", "lb_name", default="lb1", show_default=True, help="Which LB's frontend.")
+@click.option("--path", "url_path", default="/", show_default=True)
+@click.option("--url", default=None, help="A loopback URL instead of a lab LB (127.0.0.0/8).")
+@click.option("--records", type=click.Path(path_type=Path), default=None,
+              help="Write every request's record here as JSON lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@dir_option
+def load(rps: float, duration: float, keepalive: bool, lb_name: str, url_path: str,
+         url: str | None, records: Path | None, as_json: bool, lab_dir: Path) -> int:
+    """Open-loop load through an LB frontend; exit 1 if any request failed."""
+    from rollout_py.lab.load import LoadGenerator
+
+    if url is None:
+        layout = Layout.load(lab_dir.absolute())
+        if layout is None or layout.state != "up":
+            raise click.UsageError(f"no lab up in {lab_dir.absolute()}; start one or pass --url")
+        lbs = {lb.name: lb for lb in layout.lbs}
+        if lb_name not in lbs:
+            raise click.UsageError(f"no LB {lb_name!r} in this lab (have: {', '.join(lbs)})")
+        url = f"http://127.0.0.1:{lbs[lb_name].port}{url_path}"
+    summary = LoadGenerator(url, rps=rps, duration=duration, keepalive=keepalive).run()
+    if records is not None:
+        summary.write_records(records)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        click.echo(f"{summary.url}: {summary.sent} requests in {summary.duration:.1f} s "
+                   f"({summary.rps:g}/s target): {summary.ok} ok, {summary.failed} failed")
+        click.echo(f"  latency p50 {summary.p50_ms:.1f} ms, p99 {summary.p99_ms:.1f} ms, "
+                   f"max {summary.max_ms:.1f} ms")
+        click.echo("  by host:    " + ", ".join(f"{k} {v}" for k, v in summary.by_host.items()))
+        click.echo("  by version: " + ", ".join(f"{k} {v}" for k, v in summary.by_version.items()))
+        if summary.failures:
+            click.echo("  failures:   " + ", ".join(f"{k}: {v}" for k, v in
+                                                   summary.failures.items()))
+    return 0 if summary.failed == 0 else 1

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 from rollout_py.errors import LabError
 from rollout_py.lab.layout import APP_PORT, Layout, LbSpec
-from rollout_py.lab.procs import Proc, run
+from rollout_py.lab.procs import Proc, run, spawn
 
 BACKEND = "app"
 
@@ -87,13 +86,8 @@ def start(layout: Layout, lb: LbSpec, *, host_sshd: Proc | None) -> Proc:
         # The LB host sees its own /run, not the lab dir (which may sit under /tmp or /root).
         shutil.copyfile(cfg, host_run / "haproxy" / "haproxy.cfg")
         cfg_arg = "/run/haproxy/haproxy.cfg"
-    log = open(layout.logs / f"haproxy-{lb.name}.log", "ab")  # noqa: SIM115 (handed to the child)
-    try:
-        child = subprocess.Popen([*prefix, "haproxy", "-W", "-db", "-f", cfg_arg],
-                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                 start_new_session=True)
-    finally:
-        log.close()
+    child = spawn([*prefix, "haproxy", "-W", "-db", "-f", cfg_arg],
+                  str(layout.logs / f"haproxy-{lb.name}.log"))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if child.poll() is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rollout_py.errors import LabError
 from rollout_py.lab.layout import APP_PORT, HostSpec, Layout
-from rollout_py.lab.procs import Proc, run
+from rollout_py.lab.procs import Proc, run, spawn
 
 PRIVATE_DIRS = ("srv", "root", "run", "tmp")
 
@@ -88,15 +88,9 @@ def start_sshd(layout: Layout, host: HostSpec) -> Proc:
     )
     script = (f"set -e; hostname {shlex.quote(host.name)}; {mounts}; "
               "exec /usr/sbin/sshd -D -e -f /run/lab/sshd_config")
-    log = open(layout.logs / f"sshd-{host.name}.log", "ab")  # noqa: SIM115 (handed to the child)
-    try:
-        child = subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, "unshare", "--uts", "--mount",
-             "--propagation", "private", "/bin/sh", "-c", script],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-    finally:
-        log.close()
+    child = spawn(["ip", "netns", "exec", host.netns, "unshare", "--uts", "--mount",
+                   "--propagation", "private", "/bin/sh", "-c", script],
+                  str(layout.logs / f"sshd-{host.name}.log"))
     # ip netns exec, unshare and sh each exec the next: the pid becomes sshd's. Only then
     # are the namespaces final, so wait for that before recording it.
     deadline = time.monotonic() + 10

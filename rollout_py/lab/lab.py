@@ -157,6 +157,8 @@ def _build(layout: Layout, say: Say) -> None:
             hosts.install_app_runtime(layout, host)
             app = layout.host_dir(host.name) / "srv" / "app"
             artifact.unpack(first, app / "releases" / "1.0")
+            # Staged as the app_release role stages: complete, so it is never unpacked again.
+            (app / "releases" / "1.0" / ".app_release_complete").touch()
             os.symlink("/srv/app/releases/1.0", app / "current")
         sshd = hosts.start_sshd(layout, host)
         if host.role == "app":
@@ -178,10 +180,10 @@ def _build(layout: Layout, say: Say) -> None:
 
     layout.lbs = [LbSpec("lb1", haproxy.free_port(), str(layout.run_dir / "lb1.sock"),
                          f"unix://{layout.run_dir / 'lb1.sock'}", None)]
+    remote_socket = "/run/haproxy/admin.sock"  # as on a packaged LB host
     for lb_host in layout.lb_hosts:
-        path = "/run/haproxy/admin.sock"
-        layout.lbs.append(LbSpec(lb_host.name, haproxy.free_port(), path,
-                                 f"ssh://root@{lb_host.address}{path}", lb_host.name))
+        layout.lbs.append(LbSpec(lb_host.name, haproxy.free_port(), remote_socket,
+                                 f"ssh://root@{lb_host.address}{remote_socket}", lb_host.name))
     layout.save()
     for lb in layout.lbs:
         sshd = Proc.from_json(layout.procs[f"sshd:{lb.host}"]) if lb.host else None

@@ -1,4 +1,4 @@
-"""Where everything of one lab lives: names, addresses and paths, derived from its index and size."""
+"""Where everything of one lab lives: names, addresses and paths, from its index and size."""
 
 from __future__ import annotations
 

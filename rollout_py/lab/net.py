@@ -103,8 +103,11 @@ def create_bridge(name: str, gateway_cidr: str) -> None:
 
 
 def delete_link(name: str) -> None:
-    if link_exists(name):
-        run(["ip", "link", "del", name])
+    """Deletes a link if it exists. A veth whose namespace was just deleted vanishes on its own,
+    asynchronously, so "cannot find device" here is success."""
+    proc = run(["ip", "link", "del", name], check=False)
+    if proc.returncode != 0 and "Cannot find device" not in proc.stderr:
+        raise LabError(f"ip link del {name} failed: {proc.stderr.strip()}")
 
 
 def create_netns(ns: str, veth: str, bridge: str, address_cidr: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,6 +24,26 @@ def run(cmd: Sequence[str], *, check: bool = True, input: str | None = None,
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
+
+
+# Daemons this process started. Keeping their Popen objects lets a long-lived caller (a test
+# session, an API user) reap them once stopped instead of collecting zombies.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def spawn(argv: Sequence[str], log_path: str) -> subprocess.Popen[bytes]:
+    """Starts a daemon in its own session with stdout/stderr appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                 start_new_session=True)
+    _CHILDREN[child.pid] = child
+    return child
+
+
+def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del _CHILDREN[pid]
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -57,6 +78,7 @@ class Proc:
 
     def alive(self) -> bool:
         """Running and still the same process. A zombie is not alive (PID 1 may reap late)."""
+        _reap(self.pid)
         fields = _stat_fields(self.pid)
         if not fields or fields[0] in ("Z", "X"):
             return False
@@ -84,10 +106,8 @@ class Proc:
 def _signal(procs: Sequence[Proc], sig: int) -> None:
     for proc in procs:
         if proc.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 def stop_all(procs: Sequence[Proc], timeout: float = 10.0) -> None:

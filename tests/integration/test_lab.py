@@ -1,0 +1,128 @@
+"""A 4-host lab with two LBs: traffic through each frontend, runtime API, deploy playbook."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import ansible_runner
+import pytest
+
+from rollout_py.lab import artifact
+from rollout_py.lab import lab as lab_mod
+from rollout_py.lab.layout import Layout
+from rollout_py.lab.load import LoadGenerator
+from rollout_py.resources import playbook, roles_path
+from tests.integration.conftest import LabFactory, rollout
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: LabFactory) -> Layout:
+    return lab_factory(n_hosts=4, n_lbs=2)
+
+
+def served_version(address: str) -> str:
+    with _OPENER.open(f"http://{address}:8080/version", timeout=5) as resp:
+        return str(resp.read().decode().strip())
+
+
+def test_every_lb_frontend_reaches_every_host(lab: Layout) -> None:
+    names = {h.name for h in lab.app_hosts}
+    for lb in lab.lbs:
+        summary = LoadGenerator(f"http://127.0.0.1:{lb.port}/", rps=100, duration=0.4).run()
+        assert summary.failed == 0, summary.failures
+        # The app says which host it is; HAProxy says which server it chose: they agree.
+        assert set(summary.by_host) == names
+        assert all(r.served_by == r.lb_server for r in summary.records)
+
+
+def test_show_servers_state_on_the_real_sockets(lab: Layout) -> None:
+    assert lab.lbs[0].socket_url.startswith("unix://")
+    assert lab.lbs[1].socket_url.startswith("ssh://")  # the remote LB, over SSH for real
+    for lb in lab.lbs:
+        api = lab_mod.lb_api(lab, lb)
+        try:
+            states = api.servers_state("app")
+            assert api.admin_level()
+        finally:
+            api.close()
+        assert sorted(s.name for s in states) == [h.name for h in lab.app_hosts]
+        assert all(s.admin == "READY" and s.running for s in states)
+        assert {s.address for s in states} == {h.address for h in lab.app_hosts}
+
+
+def test_hosts_are_separate_machines(lab: Layout) -> None:
+    seen = set()
+    for host in lab.app_hosts[:2]:
+        proc = rollout_ssh(lab, host.name, "hostname; cat /run/app.pid; ls /root/.ssh")
+        seen.add(proc.split()[0])
+    assert seen == {"app01", "app02"}
+
+
+def rollout_ssh(lab: Layout, host: str, command: str) -> str:
+    import subprocess
+    out = subprocess.run(["ssh", "-F", str(lab.ssh_config), host, command],
+                         capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout
+
+
+def test_ssh_checks_host_keys(lab: Layout, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    proc = subprocess.run(
+        ["ssh", "-F", str(lab.ssh_config), "-o", f"UserKnownHostsFile={empty}",
+         "-o", "ControlPath=none", "app01", "true"],
+        capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 255 and "Host key verification failed" in proc.stderr
+
+
+def test_deploy_playbook_upgrades_only_the_limited_hosts(lab: Layout, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    artifact.build_artifact(lab.artifacts, "2.0")
+    result = ansible_runner.run(
+        private_data_dir=str(tmp_path), playbook=str(playbook("deploy.yml")),
+        inventory=str(lab.inventory), limit="app01,app02",
+        extravars={"rollout_version": "2.0"}, quiet=True, suppress_env_files=True,
+        envvars={"ANSIBLE_PIPELINING": "True", "ANSIBLE_ROLES_PATH": str(roles_path())},
+    )
+    assert result.rc == 0 and result.status == "successful"
+    stats = result.stats
+    assert stats is not None
+    assert sorted(stats["ok"]) == ["app01", "app02"]
+    assert not stats["failures"] and not stats["dark"]
+    # The role hands back the version each host ran before (set_stats, run-wide dict).
+    stats_event = next(e for e in result.events if e["event"] == "playbook_on_stats")
+    assert stats_event["event_data"]["artifact_data"] == {
+        "rollout_previous_version": {"app01": "1.0", "app02": "1.0"}}
+    versions = {h.name: served_version(h.address) for h in lab.app_hosts}
+    assert versions == {"app01": "2.0", "app02": "2.0", "app03": "1.0", "app04": "1.0"}
+    # Through HAProxy, once its checks see the restarted apps again: both versions serve.
+    summary = LoadGenerator(f"http://127.0.0.1:{lab.lbs[0].port}/", rps=80, duration=0.5).run()
+    assert set(summary.by_version) <= {"1.0", "2.0"}
+
+
+def test_lab_up_again_changes_nothing(lab: Layout) -> None:
+    before = dict(lab.procs)
+    proc = rollout("lab", "up", "--hosts", "4", "--lbs", "2", "--dir", lab.dir, check=True)
+    assert "already up" in proc.stdout
+    after = Layout.load(lab.path)
+    assert after is not None and after.procs == before
+
+
+def test_status_json_shows_versions_and_lb_states(lab: Layout) -> None:
+    info = json.loads(rollout("lab", "status", "--json", "--dir", lab.dir, check=True).stdout)
+    assert [h["name"] for h in info["hosts"]] == ["app01", "app02", "app03", "app04"]
+    assert all(h["sshd"] and h["version"] in ("1.0", "2.0") for h in info["hosts"])
+    for lb in info["lbs"]:
+        assert "error" not in lb, lb
+        assert set(lb["servers"]) == {"app01", "app02", "app03", "app04"}
+
+
+def test_load_300_rps_for_20_s_has_no_failures(lab: Layout) -> None:
+    proc = rollout("lab", "load", "--rps", "300", "--duration", "20", "--json", "--dir", lab.dir)
+    summary = json.loads(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert summary["sent"] == 6000 and summary["failed"] == 0
+    assert len(summary["by_host"]) == 4

@@ -1,0 +1,102 @@
+"""HAProxy runtime API client: name validation, answer parsing, error detection."""
+
+from __future__ import annotations
+
+import pytest
+
+from rollout_py.balancer import RuntimeAPI, parse_servers_state, parse_stat_csv, validate_name
+from rollout_py.balancer.transports import open_transport
+from rollout_py.errors import BalancerError, InputError, UnsafeNameError
+
+STATE = """1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight \
+srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health \
+srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord \
+srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+3 app 1 app01 10.213.1.11 2 0 1 1 7 6 3 4 6 0 0 0 - 8080 - 0 0 - - 0
+3 app 2 app02 10.213.1.12 2 8 1 1 7 6 3 4 6 0 0 0 - 8080 - 0 0 - - 0
+3 app 3 app03 10.213.1.13 0 1 1 1 7 6 3 4 6 0 0 0 - 8080 - 0 0 - - 0
+"""
+
+
+class FakeTransport:
+    url = "fake://"
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.sent: list[str] = []
+
+    def send(self, command: str) -> str:
+        self.sent.append(command)
+        return self.answers.get(command, "")
+
+    def close(self) -> None:
+        pass
+
+
+def test_parse_servers_state_reads_admin_and_op_states() -> None:
+    rows = {s.name: s for s in parse_servers_state(STATE)}
+    assert rows["app01"].admin == "READY" and rows["app01"].in_rotation
+    assert rows["app02"].admin == "DRAIN" and not rows["app02"].in_rotation
+    assert rows["app03"].admin == "MAINT" and rows["app03"].op == "STOPPED"
+    assert rows["app01"].port == 8080 and rows["app01"].address == "10.213.1.11"
+
+
+def test_parse_servers_state_rejects_garbage() -> None:
+    with pytest.raises(BalancerError):
+        parse_servers_state("1\nno header here\n")
+
+
+def test_parse_stat_csv_reads_scur() -> None:
+    rows = parse_stat_csv("# pxname,svname,qcur,qmax,scur,status,weight,check_status\n"
+                          "app,app01,0,0,7,UP,1,L7OK\napp,BACKEND,0,0,7,UP,1,\n")
+    assert rows[0].scur == 7 and rows[0].name == "app01" and rows[0].status == "UP"
+
+
+@pytest.mark.parametrize("name", ["app;disable server app/x", "a\nb", "a b", "", "x" * 129, "é"])
+def test_unsafe_names_are_refused(name: str) -> None:
+    with pytest.raises(UnsafeNameError):
+        validate_name("server", name)
+
+
+def test_valid_names_pass() -> None:
+    for name in ("app01", "web-1.prod:east", "A_b"):
+        assert validate_name("server", name) == name
+
+
+def test_unsafe_name_never_reaches_the_socket() -> None:
+    fake = FakeTransport({})
+    api = RuntimeAPI(fake)
+    with pytest.raises(UnsafeNameError):
+        api.set_state("app", "app01;shutdown sessions server app/app02", "drain")
+    assert fake.sent == []
+
+
+def test_plain_text_errors_are_detected() -> None:
+    api = RuntimeAPI(FakeTransport({"set server app/nope state drain": "No such server.\n"}))
+    with pytest.raises(BalancerError, match="No such server"):
+        api.set_state("app", "nope", "drain")
+
+
+def test_unknown_backend_is_an_error() -> None:
+    api = RuntimeAPI(FakeTransport({"show servers state nope": "Can't find backend.\n"}))
+    with pytest.raises(BalancerError, match="Can't find backend"):
+        api.servers_state("nope")
+
+
+def test_set_state_sends_exact_command() -> None:
+    fake = FakeTransport({})
+    RuntimeAPI(fake).set_state("app", "app01", "maint")
+    assert fake.sent == ["set server app/app01 state maint"]
+
+
+@pytest.mark.parametrize("url", ["http://x", "unix://relative", "tcp://host", "ssh://host"])
+def test_bad_socket_urls_are_input_errors(url: str) -> None:
+    with pytest.raises(InputError):
+        open_transport(url)
+
+
+def test_unix_socket_that_does_not_exist_is_a_balancer_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    api = RuntimeAPI(open_transport(f"unix://{tmp_path}/missing.sock"))
+    with pytest.raises(BalancerError, match=r"missing\.sock"):
+        api.servers_state("app")

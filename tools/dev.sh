@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Sets up this machine (Debian, as root) and runs rollout_py's demo or its whole test suite.
+#   bash tools/dev.sh demo   # set up, bring the lab up, show it serving through HAProxy
+#   bash tools/dev.sh test   # set up, run every test (unit, integration, molecule)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=$ROOT/.venv
+APT_PACKAGES=(haproxy openssh-server openssh-client iproute2 socat util-linux procps
+              python3 python3-venv python3-pip)
+
+need_root() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "tools/dev.sh: run as root (the lab creates network namespaces)" >&2
+        exit 2
+    fi
+}
+
+install_debian_packages() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "== installing Debian packages: ${missing[*]}"
+    # The lab runs its own sshd and HAProxy instances: keep the packages' system services
+    # from starting while they install (policy-rc.d), unless the machine already has a policy.
+    local policy=/usr/sbin/policy-rc.d added=0
+    if [ ! -e $policy ]; then
+        printf '#!/bin/sh\nexit 101\n' > $policy && chmod +x $policy && added=1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    [ $added = 1 ] && rm -f $policy
+    return 0
+}
+
+python_bin() {
+    # Any Python 3.11 on PATH (ansible-core 2.19 is the line for 3.11), else Debian's.
+    for py in python3.11 python3 /usr/bin/python3; do
+        if command -v "$py" >/dev/null &&
+           "$py" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 14))'; then
+            command -v "$py"; return 0
+        fi
+    done
+    echo "tools/dev.sh: Python 3.11-3.13 is required" >&2; exit 2
+}
+
+install_python_packages() {
+    local stamp=$VENV/.rollout-installed want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return 0
+    fi
+    echo "== installing Python packages into $VENV"
+    [ -x "$VENV/bin/python" ] || "$(python_bin)" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    echo "$want" > "$stamp"
+}
+
+setup() {
+    need_root
+    install_debian_packages
+    install_python_packages
+    export PATH="$VENV/bin:$PATH"
+}
+
+case "${1:-}" in
+    demo)
+        setup
+        shift
+        exec "$VENV/bin/python" -m rollout_py.demo "$@"
+        ;;
+    test)
+        setup
+        shift
+        # pytest exits 5 when no test ran: that fails here like any other failure.
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: bash tools/dev.sh demo|test [args]" >&2
+        exit 2
+        ;;
+esac
