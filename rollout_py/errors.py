@@ -7,6 +7,9 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
 
     RolloutError
     ├── InputError            bad input from the user; nothing was touched
+    │   ├── SpecError         the rollout spec is invalid (names file, field path, expectation)
+    │   └── PreflightError    the fleet is not in a state to deploy to; nothing was touched
+    ├── DeployFailedError     raised by DeployResult.raise_for_status() (carries the result)
     ├── BalancerError         the HAProxy runtime API refused a command or could not be reached
     │   └── UnsafeNameError   a name that would break out of a runtime API command
     └── LabError              the local lab fleet could not be built, driven or torn down
@@ -22,6 +25,24 @@ class RolloutError(Exception):
 
 class InputError(RolloutError):
     """User input is invalid; raised before anything is touched."""
+
+
+class SpecError(InputError):
+    """The rollout spec is invalid: the message names the file, the field path and the rule."""
+
+
+class PreflightError(InputError):
+    """A check before the deploy failed (inventory, sockets, servers, SSH, capacity)."""
+
+
+class DeployFailedError(RolloutError):
+    """A deploy did not succeed; ``result`` holds its DeployResult."""
+
+    def __init__(self, result: object) -> None:
+        status = getattr(result, "status", "failed")
+        cause = getattr(result, "cause", None)
+        super().__init__(f"deploy {status}: {cause or 'see the result'}")
+        self.result = result
 
 
 class BalancerError(RolloutError):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 import time
 from dataclasses import asdict, dataclass
@@ -12,24 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from rollout_py.errors import InputError
-
-# The same rule the app_release role enforces: no path separators, no shell metacharacters.
-VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-
-
-def validate_version(version: str) -> str:
-    """Returns the version if it is safe in a path and a shell word, else raises InputError.
-
-    Example:
-        >>> validate_version("2.0")
-        '2.0'
-    """
-    if not VERSION_RE.fullmatch(version) or ".." in version:
-        raise InputError(
-            f"version {version!r} is invalid: use 1-64 of letters, digits, '.', '_', '+', '-', "
-            "starting with a letter or digit, and no '..'"
-        )
-    return version
+from rollout_py.validate import validate_version
 
 
 @dataclass(frozen=True, slots=True)

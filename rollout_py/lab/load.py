@@ -27,6 +27,7 @@ class Record:
 
     seq: int
     scheduled: float  # seconds since the run started
+    sent_at: float  # wall-clock time (time.time()) when the request was sent
     latency: float  # seconds from scheduled time to the end of the response (or error)
     status: int | None
     error: str | None
@@ -153,6 +154,7 @@ class LoadGenerator:
 
     def _one(self, seq: int, scheduled: float) -> None:
         status = served_by = lb_server = version = error = None
+        sent_at = time.time()
         conn = self._conn()
         try:
             headers = {} if self._keepalive else {"Connection": "close"}
@@ -170,8 +172,8 @@ class LoadGenerator:
             conn.close()
             self._local.conn = None
         latency = time.monotonic() - (self._t0 + scheduled)
-        rec = Record(seq, round(scheduled, 4), round(latency, 5), status, error, served_by,
-                     lb_server, version)
+        rec = Record(seq, round(scheduled, 4), sent_at, round(latency, 5), status, error,
+                     served_by, lb_server, version)
         with self._lock:
             self._records.append(rec)
 

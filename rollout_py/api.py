@@ -1,0 +1,247 @@
+"""The Python API: load a spec, plan a deploy, run it. Typed, keyword-only, no printing.
+
+Example:
+    >>> import rollout_py
+    >>> spec = rollout_py.load_spec("rollout.yml")  # doctest: +SKIP
+    >>> plan = rollout_py.plan(spec, version="2.4.1")  # doctest: +SKIP
+    >>> result = rollout_py.deploy(spec, version="2.4.1", on_event=print)  # doctest: +SKIP
+    >>> result.raise_for_status()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rollout_py import events as ev
+from rollout_py.balancer.fleet import Balancer, HAProxyFleet
+from rollout_py.balancer.runtime import RuntimeAPI, validate_name
+from rollout_py.balancer.transports import SshOptions, open_transport
+from rollout_py.engine import Engine, Settings, new_deploy_id
+from rollout_py.errors import BalancerError, InputError
+from rollout_py.executor import AnsibleExecutor, Executor
+from rollout_py.inventory import Inventory, InventoryHost
+from rollout_py.planner import Plan, make_plan
+from rollout_py.preflight import preflight, read_versions
+from rollout_py.probes import Check, Prober
+from rollout_py.result import DeployResult
+from rollout_py.spec import HAProxyProbe, HttpProbe, Spec, TcpProbe, load_spec
+from rollout_py.validate import validate_version
+
+__all__ = ["Context", "deploy", "load_spec", "plan"]
+
+
+@dataclass
+class Context:
+    """A spec resolved against its inventory: who is in the fleet, who is targeted."""
+
+    spec: Spec
+    inventory: Inventory
+    inventory_source: str
+    fleet: list[InventoryHost]
+    targets: list[InventoryHost]
+    servers: dict[str, str]  # host -> server name, whole fleet
+
+    @classmethod
+    def resolve(cls, spec: Spec, *, inventory: str | None = None,
+                limit: str | None = None) -> Context:
+        source = inventory or str(spec.path(spec.inventory))
+        inv = Inventory(source)
+        fleet = inv.select(spec.hosts)
+        if not fleet:
+            raise InputError(f"hosts pattern {spec.hosts!r} matches no host in {source}")
+        targets = inv.select(spec.hosts, limit=limit) if limit else fleet
+        if not targets:
+            raise InputError(f"--limit {limit!r} leaves no host of {spec.hosts!r}")
+        servers = {}
+        for host in fleet:
+            name = inv.render(spec.haproxy.server, host)
+            validate_name(f"haproxy.server for host {host.name}", name)
+            servers[host.name] = name
+        dupes = {s for s in servers.values() if list(servers.values()).count(s) > 1}
+        if dupes:
+            raise InputError(f"haproxy.server maps several hosts to {', '.join(sorted(dupes))}")
+        return cls(spec, inv, source, fleet, targets, servers)
+
+    def host(self, name: str) -> InventoryHost:
+        return next(h for h in self.fleet if h.name == name)
+
+
+def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str | None = None,
+         force: bool = False, current_versions: Mapping[str, str | None] | None = None,
+         context: Context | None = None) -> Plan:
+    """What ``deploy`` will do. Reads the inventory; touches no host and no load balancer.
+
+    Example:
+        >>> p = plan(spec, version="2.0", limit="web1,web2")  # doctest: +SKIP
+        >>> [b.hosts for b in p.batches]  # doctest: +SKIP
+    """
+    validate_version(version)
+    ctx = context or Context.resolve(spec, inventory=inventory, limit=limit)
+    return make_plan(
+        name=spec.name, version=version, fleet=[h.name for h in ctx.fleet],
+        targets=[h.name for h in ctx.targets], servers=ctx.servers, batches=spec.batches,
+        max_unavailable=spec.max_unavailable, current_versions=current_versions or {},
+        force=force, backend=spec.haproxy.backend, sockets=spec.haproxy.sockets,
+        on_failure=spec.on_failure, playbook=str(spec.path(spec.playbook)),
+        rollback_playbook=(str(spec.path(spec.rollback_playbook))
+                           if spec.rollback_playbook else None),
+        drain_timeout=spec.haproxy.drain_timeout,
+        pause_between_batches=spec.pause_between_batches,
+    )
+
+
+def ssh_options_for(spec: Spec) -> Callable[[str], SshOptions]:
+    """SSH settings for an ``ssh://`` LB socket, from the spec's ssh_config (if any)."""
+    import paramiko
+
+    config = None
+    if spec.haproxy.ssh_config:
+        path = spec.path(spec.haproxy.ssh_config)
+        try:
+            config = paramiko.SSHConfig.from_path(str(path))
+        except OSError as exc:
+            raise InputError(f"haproxy.ssh_config {path}: {exc.strerror or exc}") from exc
+
+    def options(host: str) -> SshOptions:
+        if config is None:
+            return SshOptions()
+        entry = config.lookup(host)
+        keys = entry.get("identityfile") or [None]
+        known = (entry.get("userknownhostsfile") or "").split()
+        return SshOptions(key_filename=keys[0], known_hosts=known[0] if known else None,
+                          bind_address=entry.get("bindaddress"))
+
+    return options
+
+
+def open_balancer(spec: Spec) -> HAProxyFleet:
+    from urllib.parse import urlsplit
+
+    options = ssh_options_for(spec)
+    apis = [RuntimeAPI(open_transport(url, ssh=options(urlsplit(url).hostname or "")))
+            for url in spec.haproxy.sockets]
+    return HAProxyFleet(apis, spec.haproxy.backend)
+
+
+def make_checks(ctx: Context, extravars: Mapping[str, Any]
+                ) -> Callable[[str, str], tuple[list[Check], list[Check]]]:
+    """Renders every probe of the spec for a host and a version (``rollout_version``)."""
+    spec = ctx.spec
+
+    def checks(host: str, version: str) -> tuple[list[Check], list[Check]]:
+        ih = ctx.host(host)
+        extra = {**extravars, "rollout_version": version}
+        before, after = [], []
+        for probe in spec.health.probes:
+            if isinstance(probe, HAProxyProbe):
+                after.append(Check("haproxy", ctx.servers[host], probe))
+                continue
+            if isinstance(probe, HttpProbe):
+                kind, target = "http", probe.http
+            elif isinstance(probe, TcpProbe):
+                kind, target = "tcp", probe.tcp
+            else:
+                kind, target = "command", probe.command
+            rendered = ctx.inventory.render(target, ih, extra)
+            if isinstance(probe, HttpProbe) and (probe.body or probe.match):
+                probe = probe.model_copy(update={
+                    "body": ctx.inventory.render(probe.body, ih, extra) if probe.body else None,
+                    "match": ctx.inventory.render(probe.match, ih, extra) if probe.match
+                    else None})
+            before.append(Check(kind, rendered, probe))
+        return before, after
+
+    return checks
+
+
+def haproxy_up_check(balancer: Balancer) -> Callable[[str], str | None]:
+    from rollout_py.balancer.fleet import not_up
+
+    def up(server: str) -> str | None:
+        try:
+            states = balancer.states()
+        except BalancerError as exc:
+            return str(exc)
+        if not_up(states, [server]):
+            detail = ", ".join(f"{url}: {per[server].op}/{per[server].admin}"
+                               for url, per in states.items() if server in per)
+            return f"not UP on every LB ({detail})"
+        return None
+
+    return up
+
+
+@contextlib.contextmanager
+def _signals(engine: Engine, install: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM go to the engine (first: finish the batch; second: roll back now)."""
+    if not install or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        engine.interrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str | None = None,
+           extravars: Mapping[str, Any] | None = None, force: bool = False,
+           force_drain: bool = False, on_event: Callable[[ev.Event], None] | None = None,
+           sinks: Sequence[Callable[[ev.Event], None]] = (), state_dir: str | Path | None = None,
+           verbosity: int = 0, install_signal_handlers: bool = True,
+           executor: Executor | None = None, balancer: Balancer | None = None) -> DeployResult:
+    """Runs a rolling deploy and returns its result (a failure is a result, not an exception).
+
+    Raises InputError (or a subclass) when the input or the preflight checks refuse the
+    deploy; nothing has been touched then.
+
+    Example:
+        >>> result = deploy(load_spec("rollout.yml"), version="2.0")  # doctest: +SKIP
+        >>> result.status  # doctest: +SKIP
+        'succeeded'
+    """
+    validate_version(version)
+    ctx = Context.resolve(spec, inventory=inventory, limit=limit)
+    deploy_id = new_deploy_id()
+    base = Path(state_dir) if state_dir else Path(spec.base_dir) / ".rollout"
+    work_dir = base / "deploys" / deploy_id / "runs"
+    user_vars = {**spec.vars, **(extravars or {}), "rollout_hosts": spec.hosts}
+    own_executor = executor is None
+    executor = executor or AnsibleExecutor(ctx.inventory_source, work_dir=work_dir,
+                                           extravars=user_vars, verbosity=verbosity)
+    own_balancer = balancer is None
+    lbs: Balancer | None = balancer
+    try:
+        lbs = lbs or open_balancer(spec)
+        versions = read_versions(ctx) if spec.version_url else {}
+        the_plan = plan(spec, version=version, force=force, current_versions=versions,
+                        context=ctx)
+        preflight(ctx, the_plan, executor=executor, balancer=lbs)
+        prober = Prober(executor.run_command, haproxy_up_check(lbs))
+        engine = Engine(
+            the_plan, executor=executor, balancer=lbs, prober=prober,
+            checks=make_checks(ctx, user_vars),
+            settings=Settings(health=spec.health, drain_timeout=spec.haproxy.drain_timeout,
+                              up_timeout=spec.haproxy.up_timeout, force_drain=force_drain,
+                              extravars=user_vars, known_versions=versions),
+            sinks=[*sinks, *([on_event] if on_event else [])], deploy_id=deploy_id)
+        with _signals(engine, install_signal_handlers):
+            return engine.run()
+    finally:
+        if own_executor:
+            executor.close()
+        if own_balancer and lbs is not None:
+            lbs.close()

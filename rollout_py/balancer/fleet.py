@@ -1,0 +1,143 @@
+"""Every LB of a backend at once: drain, disable, enable and restore servers on all of them.
+
+A step either holds on every LB or is reported; the engine undoes what a failed step applied.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rollout_py.balancer.runtime import RuntimeAPI, ServerState
+from rollout_py.errors import BalancerError
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A server's admin state and weight on one LB, as found before rollout_py touched it."""
+
+    admin: str  # READY | DRAIN | MAINT
+    weight: int
+
+
+Snapshot = Mapping[str, Mapping[str, Recorded]]  # LB url -> server -> recorded state
+
+
+class Balancer(Protocol):
+    """The load balancer seam the engine uses (a double replaces it in unit tests)."""
+
+    @property
+    def urls(self) -> Sequence[str]: ...
+
+    def states(self) -> dict[str, dict[str, ServerState]]: ...
+    def admin_levels(self) -> dict[str, bool]: ...
+    def snapshot(self, servers: Sequence[str]) -> Snapshot: ...
+    def set_state(self, servers: Sequence[str], state: str) -> None: ...
+    def sessions(self, servers: Sequence[str]) -> dict[str, int]: ...
+    def shutdown_sessions(self, servers: Sequence[str]) -> None: ...
+    def restore(self, snapshot: Snapshot, servers: Sequence[str]) -> None: ...
+    def close(self) -> None: ...
+
+
+class HAProxyFleet:
+    """The runtime APIs of every LB in front of one backend.
+
+    Example:
+        >>> fleet = HAProxyFleet([RuntimeAPI(t) for t in transports], "app")  # doctest: +SKIP
+        >>> fleet.set_state(["app01"], "drain")  # doctest: +SKIP
+    """
+
+    def __init__(self, apis: Sequence[RuntimeAPI], backend: str) -> None:
+        self.apis = list(apis)
+        self.backend = backend
+        self.urls = [a.url for a in apis]
+
+    def states(self) -> dict[str, dict[str, ServerState]]:
+        return {a.url: {s.name: s for s in a.servers_state(self.backend)} for a in self.apis}
+
+    def admin_levels(self) -> dict[str, bool]:
+        """Whether each LB's socket grants the admin level (needed to change server states)."""
+        return {a.url: a.admin_level() for a in self.apis}
+
+    def snapshot(self, servers: Sequence[str]) -> Snapshot:
+        snap: dict[str, dict[str, Recorded]] = {}
+        for url, states in self.states().items():
+            missing = [s for s in servers if s not in states]
+            if missing:
+                raise BalancerError(f"{url}: backend {self.backend} has no server "
+                                    f"{', '.join(missing)}")
+            snap[url] = {s: Recorded(states[s].admin, states[s].weight) for s in servers}
+        return snap
+
+    def set_state(self, servers: Sequence[str], state: str) -> None:
+        for api in self.apis:
+            for server in servers:
+                api.set_state(self.backend, server, state)
+
+    def sessions(self, servers: Sequence[str]) -> dict[str, int]:
+        """Current sessions per server, summed over every LB."""
+        total = dict.fromkeys(servers, 0)
+        for api in self.apis:
+            for row in api.stat(self.backend):
+                if row.name in total:
+                    total[row.name] += row.scur
+        return total
+
+    def shutdown_sessions(self, servers: Sequence[str]) -> None:
+        for api in self.apis:
+            for server in servers:
+                api.shutdown_sessions(self.backend, server)
+
+    def restore(self, snapshot: Snapshot, servers: Sequence[str]) -> None:
+        """Puts each server back to its recorded weight and admin state, on every LB."""
+        errors = []
+        for api in self.apis:
+            for server in servers:
+                rec = snapshot[api.url][server]
+                try:
+                    api.set_weight(self.backend, server, rec.weight)
+                    api.set_state(self.backend, server, rec.admin.lower())
+                except BalancerError as exc:
+                    errors.append(str(exc))
+        if errors:
+            raise BalancerError("; ".join(errors))
+
+    def close(self) -> None:
+        for api in self.apis:
+            api.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1,
+               stop: Callable[[], bool] = lambda: False) -> bool:
+    """Polls ``check`` until it holds (True), ``timeout`` passes or ``stop`` says so (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if check():
+            return True
+        if time.monotonic() >= deadline or stop():
+            return False
+        time.sleep(interval)
+
+
+def out_of_rotation(states: Mapping[str, Mapping[str, ServerState]],
+                    servers: Iterable[str]) -> set[str]:
+    """Servers (of ``servers``) that are not taking new requests on at least one LB."""
+    out = set()
+    for per_lb in states.values():
+        for name in servers:
+            st = per_lb.get(name)
+            if st is None or not st.in_rotation:
+                out.add(name)
+    return out
+
+
+def not_up(states: Mapping[str, Mapping[str, ServerState]], servers: Iterable[str]) -> list[str]:
+    """Servers that HAProxy's check does not report UP (or that are in MAINT) on some LB."""
+    bad = []
+    for name in servers:
+        if any(name not in per_lb or not per_lb[name].running or per_lb[name].maint
+               for per_lb in states.values()):
+            bad.append(name)
+    return bad

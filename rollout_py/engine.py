@@ -1,0 +1,415 @@
+"""The rolling-deploy saga: per batch drain → upgrade → probe → enable → soak, with undo.
+
+Rolling a batch back runs the undo of every step it applied, in reverse, including the one
+that failed. Control never leaves a batch between drain and enable without rolling it back or
+finishing it: the first interrupt stops after the current batch, the second cancels the
+running step and rolls the batch back at once. A rollback itself is never cancelled.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout_py import events as ev
+from rollout_py.balancer.fleet import Balancer, Snapshot, not_up, out_of_rotation, wait_until
+from rollout_py.errors import BalancerError
+from rollout_py.executor import Executor
+from rollout_py.planner import Plan, PlannedBatch
+from rollout_py.probes import Check, Prober, soak, wait_healthy
+from rollout_py.result import EXIT_CODES, DeployResult, fold
+from rollout_py.spec import HealthSpec
+
+Sink = Callable[[ev.Event], None]
+# host, version -> (checks before enable, checks after enable)
+ChecksFor = Callable[[str, str], tuple[list[Check], list[Check]]]
+
+
+def new_deploy_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+class BatchFailure(Exception):
+    """A step of a batch failed; ``failure`` is the class of the failure."""
+
+    def __init__(self, failure: str, cause: str, hosts: Sequence[str] = ()) -> None:
+        super().__init__(cause)
+        self.failure, self.cause, self.hosts = failure, cause, tuple(hosts)
+
+
+@dataclass
+class Settings:
+    """How the engine behaves (from the spec and the command line)."""
+
+    health: HealthSpec
+    drain_timeout: float
+    up_timeout: float
+    force_drain: bool = False
+    extravars: Mapping[str, Any] = field(default_factory=dict)
+    known_versions: Mapping[str, str | None] = field(default_factory=dict)
+    poll: float = 0.1
+
+
+@dataclass
+class _Applied:
+    """What a batch has applied so far: the undo stack of the saga."""
+
+    batch: PlannedBatch
+    snapshot: Snapshot | None = None
+    drained: bool = False
+    upgraded: bool = False
+    enabled: bool = False
+
+
+class Engine:
+    """Runs a Plan. Every side effect goes through the executor, balancer and prober seams.
+
+    Example:
+        >>> engine = Engine(plan, executor=..., balancer=..., prober=..., checks=...,
+        ...                 settings=...)  # doctest: +SKIP
+        >>> engine.run().status  # doctest: +SKIP
+        'succeeded'
+    """
+
+    def __init__(self, plan: Plan, *, executor: Executor, balancer: Balancer, prober: Prober,
+                 checks: ChecksFor, settings: Settings, sinks: Sequence[Sink] = (),
+                 deploy_id: str | None = None) -> None:
+        self.plan = plan
+        self.executor, self.balancer, self.prober = executor, balancer, prober
+        self.checks, self.settings = checks, settings
+        self.deploy_id = deploy_id or new_deploy_id()
+        self._sinks = list(sinks)
+        self._events: list[ev.Event] = []
+        self._seq = 0
+        self._stop_after_batch = threading.Event()
+        self._abort = threading.Event()
+        self._pending: list[tuple[str, int]] = []
+        self._interrupts = 0
+        self._callback_error: str | None = None
+        self._previous: dict[str, str | None] = dict(settings.known_versions)
+        self._lock = threading.Lock()
+
+    # --- events --------------------------------------------------------------------------
+    def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
+        with self._lock:
+            self._seq += 1
+            event = cls(deploy_id=self.deploy_id, seq=self._seq, **fields)
+            self._events.append(event)
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception as exc:  # a consumer's bug must not strand a batch
+                if getattr(sink, "critical", False):
+                    raise
+                if self._callback_error is None:
+                    self._callback_error = f"event consumer raised {type(exc).__name__}: {exc}"
+                    self._stop_after_batch.set()
+        return event
+
+    @property
+    def events(self) -> tuple[ev.Event, ...]:
+        return tuple(self._events)
+
+    # --- interruption --------------------------------------------------------------------
+    def interrupt(self, signame: str = "SIGINT") -> None:
+        """Signal-safe: the first call stops after the current batch, the second aborts it."""
+        self._interrupts += 1
+        self._pending.append((signame, self._interrupts))
+        if self._interrupts == 1:
+            self._stop_after_batch.set()
+        else:
+            self._abort.set()
+
+    def _flush_interrupts(self) -> None:
+        while self._pending:
+            signame, count = self._pending.pop(0)
+            action = ("finish or roll back the current batch, then stop" if count == 1 else
+                      "cancel the running step and roll the current batch back now")
+            self.emit(ev.Interrupted, signal=signame, count=count, action=action)
+
+    def _aborted(self) -> bool:
+        return self._abort.is_set()
+
+    # --- the run -------------------------------------------------------------------------
+    def run(self) -> DeployResult:
+        plan = self.plan
+        self.emit(ev.DeployStarted, name=plan.name, version=plan.version,
+                  batches=tuple(b.hosts for b in plan.batches), skipped=dict(plan.skipped))
+        done: list[_Applied] = []
+        failed = False
+        stranded: list[str] = []
+        cause: str | None = None
+        for i, batch in enumerate(plan.batches):
+            self._flush_interrupts()
+            if self._stop_after_batch.is_set():
+                break
+            applied = _Applied(batch)
+            ok, batch_cause, batch_stranded = self._run_batch(applied)
+            self._flush_interrupts()
+            if ok:
+                done.append(applied)
+                if i + 1 < len(plan.batches) and plan.pause_between_batches > 0:
+                    wait_until(lambda: self._stop_after_batch.is_set(),
+                               plan.pause_between_batches, 0.1)
+                continue
+            failed, cause = True, batch_cause
+            stranded += batch_stranded
+            if plan.on_failure == "rollback_all":
+                for earlier in reversed(done):
+                    stranded += self._rollback(earlier, f"rollback_all after batch {batch.index}: "
+                                               f"{batch_cause}")
+            break
+        self._flush_interrupts()
+        interrupted = self._interrupts > 0 or self._callback_error is not None
+        if stranded:
+            status = "failed"
+        elif failed and not interrupted:
+            status = "rolled_back"
+        elif interrupted and (failed or len(done) < len(plan.batches)):
+            status = "cancelled"
+        elif failed:
+            status = "rolled_back"
+        else:
+            status = "succeeded"
+        if interrupted and cause is None:
+            cause = self._callback_error or "interrupted"
+        self.emit(ev.DeployFinished, status=status, exit_code=EXIT_CODES[status], cause=cause,
+                  stranded=tuple(dict.fromkeys(stranded)))
+        return fold(self._events)
+
+    def _run_batch(self, applied: _Applied) -> tuple[bool, str | None, list[str]]:
+        batch = applied.batch
+        self.emit(ev.BatchStarted, batch=batch.index, hosts=batch.hosts)
+        try:
+            durations = self._forward(applied)
+        except BatchFailure as exc:
+            failure, cause, hosts = exc.failure, exc.cause, exc.hosts or batch.hosts
+        except BalancerError as exc:
+            failure, cause, hosts = "balancer", str(exc), batch.hosts
+        else:
+            self.emit(ev.BatchSucceeded, batch=batch.index, durations=durations)
+            return True, None, []
+        self.emit(ev.BatchFailed, batch=batch.index, failure=failure, cause=cause, hosts=hosts)
+        if not (applied.drained or applied.upgraded or applied.enabled or applied.snapshot):
+            return False, cause, []  # nothing was touched
+        return False, cause, self._rollback(applied, cause)
+
+    def _forward(self, applied: _Applied) -> dict[str, float]:
+        batch, plan, s = applied.batch, self.plan, self.settings
+        servers = batch.servers
+        t0 = time.monotonic()
+        durations: dict[str, float] = {}
+
+        # Capacity, from the live state of every LB, before anything is touched.
+        out = out_of_rotation(self.balancer.states(), plan.servers.values())
+        taking_out = len(out | set(servers))
+        self.emit(ev.CapacityChecked, batch=batch.index, out_of_rotation=len(out),
+                  taking_out=taking_out, max_unavailable=plan.max_unavailable)
+        if taking_out > plan.max_unavailable:
+            raise BatchFailure("capacity", f"batch {batch.index} would leave {taking_out} servers "
+                               f"out of rotation ({len(out)} already are: "
+                               f"{', '.join(sorted(out)) or '-'}); max_unavailable is "
+                               f"{plan.max_unavailable}")
+
+        # Drain: no new requests; wait for sessions to end; then MAINT.
+        applied.snapshot = self.balancer.snapshot(servers)
+        applied.drained = True
+        self.balancer.set_state(servers, "drain")
+        self.emit(ev.DrainStarted, batch=batch.index, servers=servers)
+        forced = self._wait_drained(servers, force=s.force_drain)
+        self.emit(ev.ServersDrained, batch=batch.index, servers=servers, forced=forced)
+        self.balancer.set_state(servers, "maint")
+        self.emit(ev.ServersDisabled, batch=batch.index, servers=servers)
+        durations["drain"] = time.monotonic() - t0
+
+        # Upgrade: one run limited to the batch.
+        t = time.monotonic()
+        applied.upgraded = True
+        self.emit(ev.StepStarted, batch=batch.index, step="upgrade", hosts=batch.hosts)
+        result = self.executor.run_playbook(
+            plan.playbook, batch.hosts, self._extravars(plan.version, batch.index),
+            label=f"batch{batch.index}-upgrade", cancel=self._aborted)
+        for host in batch.hosts:
+            if host in result.previous_versions:
+                self._previous[host] = result.previous_versions[host]
+        durations["upgrade"] = time.monotonic() - t
+        self.emit(ev.StepFinished, batch=batch.index, step="upgrade", ok=result.ok,
+                  hosts=result.hosts,
+                  versions={h: self._previous.get(h) for h in batch.hosts},
+                  duration=durations["upgrade"])
+        if not result.ok:
+            bad = [h for h, o in result.hosts.items() if o != "ok"]
+            first = next((result.hosts[h] for h in bad), result.status)
+            raise BatchFailure(result.failure_kind(),
+                               f"upgrade failed on {', '.join(bad) or 'the batch'}: {first}", bad)
+
+        # Verify with our own probes before HAProxy sees the servers again.
+        t = time.monotonic()
+        self._probe(batch, plan.version, phase="verify")
+        durations["verify"] = time.monotonic() - t
+
+        # Enable: the recorded state and weight on every LB, then HAProxy's own check UP.
+        t = time.monotonic()
+        applied.enabled = True
+        self._enable(applied)
+        self.emit(ev.ServersEnabled, batch=batch.index, servers=servers)
+        durations["enable"] = time.monotonic() - t
+
+        if s.health.soak > 0:
+            t = time.monotonic()
+            self._probe(batch, plan.version, phase="soak")
+            durations["soak"] = time.monotonic() - t
+        durations["total"] = time.monotonic() - t0
+        return {k: round(v, 3) for k, v in durations.items()}
+
+    def _extravars(self, version: str, batch: int, **more: Any) -> dict[str, Any]:
+        return {**self.settings.extravars, "rollout_version": version,
+                "rollout_deploy_id": self.deploy_id, "rollout_batch": batch, **more}
+
+    def _wait_drained(self, servers: Sequence[str], *, force: bool) -> tuple[str, ...]:
+        left: dict[str, int] = {}
+
+        def drained() -> bool:
+            left.clear()
+            left.update({k: v for k, v in self.balancer.sessions(servers).items() if v})
+            return not left
+
+        if wait_until(drained, self.settings.drain_timeout, self.settings.poll, self._aborted):
+            return ()
+        if self._aborted():
+            raise BatchFailure("cancelled", "interrupted while draining")
+        if not force:
+            raise BatchFailure("drain_timeout", "sessions still open after "
+                               f"{self.settings.drain_timeout:g} s: "
+                               + ", ".join(f"{k} {v}" for k, v in sorted(left.items())),
+                               tuple(left))
+        self.balancer.shutdown_sessions(tuple(left))
+        wait_until(drained, 10, self.settings.poll)
+        return tuple(sorted(left))
+
+    def _enable(self, applied: _Applied) -> None:
+        assert applied.snapshot is not None
+        servers = applied.batch.servers
+        self.balancer.restore(applied.snapshot, servers)
+        expect_up = [s for s in servers
+                     if any(per[s].admin != "MAINT" for per in applied.snapshot.values())]
+        bad: list[str] = []
+
+        def up() -> bool:
+            bad[:] = not_up(self.balancer.states(), expect_up)
+            return not bad
+
+        if not wait_until(up, self.settings.up_timeout, self.settings.poll, self._aborted):
+            raise BatchFailure("probe_failed", "HAProxy's check did not report "
+                               f"{', '.join(bad)} UP within {self.settings.up_timeout:g} s", bad)
+
+    def _probe(self, batch: PlannedBatch, version: str | Mapping[str, str | None], *,
+               phase: str, hosts: Sequence[str] | None = None) -> dict[str, str | None]:
+        hosts = list(hosts if hosts is not None else batch.hosts)
+        h = self.settings.health
+        checks: dict[str, list[Check]] = {}
+        for host in hosts:
+            v = version if isinstance(version, str) else (version.get(host) or "")
+            before, after = self.checks(host, v)
+            checks[host] = before + after if phase == "soak" else before
+
+        def report(host: str, failure: str | None, _check: str) -> None:
+            if failure is None:
+                self.emit(ev.ProbePassed, batch=batch.index, host=host, phase=phase)
+            else:
+                self.emit(ev.ProbeFailed, batch=batch.index, host=host, phase=phase,
+                          probe=failure.split(":", 1)[0], detail=failure)
+
+        stop = (lambda: False) if phase == "rollback" else self._aborted
+        if phase == "soak":
+            results = soak(self.prober, checks, duration=h.soak, interval=h.interval,
+                           on_result=report, stop=stop)
+        else:
+            results = wait_healthy(self.prober, checks, deadline=h.deadline, interval=h.interval,
+                                   consecutive=h.consecutive, on_result=report, stop=stop)
+        bad = {k: v for k, v in results.items() if v}
+        if bad and phase != "rollback":
+            first = next(iter(bad))
+            raise BatchFailure("probe_failed", f"{phase} probe failed on {', '.join(bad)}: "
+                               f"{first}: {bad[first]}", tuple(bad))
+        return results
+
+    # --- undo ----------------------------------------------------------------------------
+    def _rollback(self, applied: _Applied, cause: str) -> list[str]:
+        """Undoes what the batch applied, newest first. Returns hosts left out of rotation."""
+        batch = applied.batch
+        servers = batch.servers
+        host_of = dict(zip(servers, batch.hosts, strict=True))
+        self.emit(ev.RollbackStarted, batch=batch.index, hosts=batch.hosts, cause=cause)
+        stranded: set[str] = set()
+        detail = ""
+        try:
+            if applied.enabled:  # undo enable: out of rotation again, gently
+                self.balancer.set_state(servers, "drain")
+                left = self.balancer.sessions(servers)
+                if any(left.values()):
+                    wait_until(lambda: not any(self.balancer.sessions(servers).values()),
+                               self.settings.drain_timeout, self.settings.poll)
+                self.balancer.set_state(servers, "maint")
+            if applied.upgraded:  # undo upgrade: the previous release on every batch host
+                stranded |= self._undo_upgrade(batch)
+            if applied.snapshot is not None:  # undo drain: recorded state, UP again
+                healthy = [s for s in servers if host_of[s] not in stranded]
+                self.balancer.restore(applied.snapshot, healthy)
+                expect_up = [s for s in healthy
+                             if any(p[s].admin != "MAINT" for p in applied.snapshot.values())]
+                if expect_up and not wait_until(
+                        lambda: not not_up(self.balancer.states(), expect_up),
+                        self.settings.up_timeout, self.settings.poll):
+                    late = not_up(self.balancer.states(), expect_up)
+                    detail = f"HAProxy did not report {', '.join(late)} UP after the rollback"
+                    stranded |= {host_of[s] for s in late}
+                if stranded:
+                    self.balancer.set_state([s for s in servers if host_of[s] in stranded],
+                                            "maint")
+        except BalancerError as exc:
+            detail = f"load balancer error during rollback: {exc}"
+            stranded = set(batch.hosts)
+        ordered = [h for h in batch.hosts if h in stranded]
+        self.emit(ev.RollbackFinished, batch=batch.index, ok=not ordered,
+                  stranded=tuple(ordered), detail=detail)
+        return ordered
+
+    def _undo_upgrade(self, batch: PlannedBatch) -> set[str]:
+        plan = self.plan
+        stranded: set[str] = set()
+        self.emit(ev.StepStarted, batch=batch.index, step="rollback", hosts=batch.hosts)
+        t = time.monotonic()
+        outcomes: dict[str, str] = {}
+        if plan.rollback_playbook:
+            groups: dict[str | None, list[str]] = {plan.version: list(batch.hosts)}
+        else:
+            groups = {}
+            for host in batch.hosts:
+                groups.setdefault(self._previous.get(host), []).append(host)
+        for version, hosts in groups.items():
+            if version is None:
+                for host in hosts:
+                    outcomes[host] = "failed: previous version unknown (no rollback_playbook)"
+                continue
+            playbook = plan.rollback_playbook or plan.playbook
+            extra = {"rollout_rollback": True,
+                     "rollout_previous_versions": {h: self._previous.get(h) for h in hosts}}
+            result = self.executor.run_playbook(
+                playbook, hosts, self._extravars(version, batch.index, **extra),
+                label=f"batch{batch.index}-rollback", cancel=None)
+            outcomes.update(result.hosts)
+        stranded |= {h for h, o in outcomes.items() if o != "ok"}
+        self.emit(ev.StepFinished, batch=batch.index, step="rollback", ok=not stranded,
+                  hosts=outcomes, versions={h: self._previous.get(h) for h in batch.hosts},
+                  duration=round(time.monotonic() - t, 3))
+        to_probe = [h for h in batch.hosts if h not in stranded]
+        if to_probe:
+            results = self._probe(batch, {h: self._previous.get(h) for h in to_probe},
+                                  phase="rollback", hosts=to_probe)
+            stranded |= {h for h, failure in results.items() if failure}
+        return stranded

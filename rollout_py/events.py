@@ -1,0 +1,194 @@
+"""The engine's typed events: frozen records of everything a deploy did, in order.
+
+Every consumer (journal, console, JSON lines, user callbacks) sees the same events; the final
+DeployResult is a fold over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of all events. ``seq`` orders them within a deploy."""
+
+    kind: ClassVar[str] = "event"
+    deploy_id: str
+    seq: int
+    ts: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"event": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = _jsonable(value)
+        return data
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+
+
+@_frozen
+class DeployStarted(Event):
+    kind: ClassVar[str] = "deploy_started"
+    name: str
+    version: str
+    batches: tuple[tuple[str, ...], ...]
+    skipped: dict[str, str]
+
+
+@_frozen
+class BatchStarted(Event):
+    kind: ClassVar[str] = "batch_started"
+    batch: int
+    hosts: tuple[str, ...]
+
+
+@_frozen
+class CapacityChecked(Event):
+    kind: ClassVar[str] = "capacity_checked"
+    batch: int
+    out_of_rotation: int
+    taking_out: int
+    max_unavailable: int
+
+
+@_frozen
+class DrainStarted(Event):
+    """The servers are set to DRAIN on every LB: no new requests reach them from now on."""
+
+    kind: ClassVar[str] = "drain_started"
+    batch: int
+    servers: tuple[str, ...]
+
+
+@_frozen
+class ServersDrained(Event):
+    kind: ClassVar[str] = "servers_drained"
+    batch: int
+    servers: tuple[str, ...]
+    forced: tuple[str, ...] = ()  # servers whose remaining sessions were shut
+
+
+@_frozen
+class ServersDisabled(Event):
+    """The servers are in MAINT on every LB."""
+
+    kind: ClassVar[str] = "servers_disabled"
+    batch: int
+    servers: tuple[str, ...]
+
+
+@_frozen
+class StepStarted(Event):
+    kind: ClassVar[str] = "step_started"
+    batch: int
+    step: str  # "upgrade" | "rollback"
+    hosts: tuple[str, ...]
+
+
+@_frozen
+class StepFinished(Event):
+    kind: ClassVar[str] = "step_finished"
+    batch: int
+    step: str
+    ok: bool
+    hosts: dict[str, str]  # host -> "ok" | "failed: ..." | "unreachable: ..." | "not run"
+    versions: dict[str, str | None]  # host -> version before the step (from the playbook)
+    duration: float
+
+
+@_frozen
+class ProbePassed(Event):
+    kind: ClassVar[str] = "probe_passed"
+    batch: int
+    host: str
+    phase: str  # "verify" | "soak" | "rollback"
+
+
+@_frozen
+class ProbeFailed(Event):
+    kind: ClassVar[str] = "probe_failed"
+    batch: int
+    host: str
+    phase: str
+    probe: str
+    detail: str
+
+
+@_frozen
+class ServersEnabled(Event):
+    """The servers are back to their recorded admin state and weight, and UP, on every LB."""
+
+    kind: ClassVar[str] = "servers_enabled"
+    batch: int
+    servers: tuple[str, ...]
+
+
+@_frozen
+class BatchSucceeded(Event):
+    kind: ClassVar[str] = "batch_succeeded"
+    batch: int
+    durations: dict[str, float]
+
+
+@_frozen
+class BatchFailed(Event):
+    kind: ClassVar[str] = "batch_failed"
+    batch: int
+    failure: str  # unreachable | task_failed | probe_failed | balancer | drain_timeout | ...
+    cause: str
+    hosts: tuple[str, ...]
+
+
+@_frozen
+class RollbackStarted(Event):
+    kind: ClassVar[str] = "rollback_started"
+    batch: int
+    hosts: tuple[str, ...]
+    cause: str
+
+
+@_frozen
+class RollbackFinished(Event):
+    kind: ClassVar[str] = "rollback_finished"
+    batch: int
+    ok: bool
+    stranded: tuple[str, ...]  # hosts left out of rotation (MAINT)
+    detail: str = ""
+
+
+@_frozen
+class Interrupted(Event):
+    kind: ClassVar[str] = "interrupted"
+    signal: str
+    count: int
+    action: str
+
+
+@_frozen
+class DeployFinished(Event):
+    kind: ClassVar[str] = "deploy_finished"
+    status: str  # succeeded | rolled_back | failed | cancelled
+    exit_code: int
+    cause: str | None
+    stranded: tuple[str, ...]
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    DeployStarted, BatchStarted, CapacityChecked, DrainStarted, ServersDrained, ServersDisabled, StepStarted,
+    StepFinished, ProbePassed, ProbeFailed, ServersEnabled, BatchSucceeded, BatchFailed,
+    RollbackStarted, RollbackFinished, Interrupted, DeployFinished,
+)

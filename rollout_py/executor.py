@@ -1,0 +1,210 @@
+"""The Ansible seam: runs playbooks and commands on hosts through ansible-runner.
+
+The only module that imports ansible_runner. A host counts as done only if Ansible processed
+it and it is neither failed nor unreachable; ``rc == 0`` alone is never trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from rollout_py.resources import roles_path
+
+Cancel = Callable[[], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """Per-host outcome of one ansible-runner run."""
+
+    status: str  # ansible-runner's: successful | failed | canceled | timeout
+    rc: int
+    hosts: dict[str, str]  # host -> "ok" | "failed: msg" | "unreachable: msg" | "not run"
+    previous_versions: dict[str, str | None] = field(default_factory=dict)
+    artifact_dir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and all(v == "ok" for v in self.hosts.values())
+
+    def failure_kind(self) -> str:
+        if any(v.startswith("unreachable") for v in self.hosts.values()):
+            return "unreachable"
+        if self.status == "canceled":
+            return "cancelled"
+        return "task_failed"
+
+
+class Executor(Protocol):
+    """Runs work on hosts (the seam the engine's tests replace with a double)."""
+
+    def run_playbook(self, playbook: str, hosts: Sequence[str], extravars: Mapping[str, Any],
+                     *, label: str, tags: str | None = None,
+                     cancel: Cancel | None = None) -> RunResult: ...
+
+    def run_command(self, host: str, command: str, timeout: float) -> tuple[bool, str]: ...
+
+    def reachable(self, hosts: Sequence[str]) -> dict[str, str | None]: ...
+
+    def syntax_check(self, playbook: str) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+def _short(msg: Any, limit: int = 300) -> str:
+    text = " ".join(str(msg).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class AnsibleExecutor:
+    """ansible-runner against the user's inventory, one private data dir per run.
+
+    SSH masters (ControlPersist) live in a directory of this executor's own, and ``close()``
+    asks each to exit, so no ssh process outlives the deploy.
+    """
+
+    def __init__(self, inventory: str, *, work_dir: Path,
+                 extravars: Mapping[str, Any] | None = None, forks: int = 50,
+                 verbosity: int = 0) -> None:
+        self.inventory = inventory
+        self.work_dir = work_dir
+        self.extravars = dict(extravars or {})
+        self.forks = forks
+        self.verbosity = verbosity
+        # Short path: unix socket names are limited to 107 bytes.
+        self.control_dir = tempfile.mkdtemp(prefix="rollout-cp-", dir="/tmp")
+        self._runs = 0
+        self._lock = threading.Lock()
+
+    def _envvars(self) -> dict[str, str]:
+        user_roles = os.environ.get("ANSIBLE_ROLES_PATH")
+        roles = f"{user_roles}:{roles_path()}" if user_roles else str(roles_path())
+        bindir = os.path.dirname(sys.executable)
+        return {
+            "ANSIBLE_ROLES_PATH": roles,
+            "ANSIBLE_PIPELINING": "True",
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": self.control_dir,
+            "ANSIBLE_FORCE_COLOR": "False",
+            "ANSIBLE_NOCOLOR": "True",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_SHOW_CUSTOM_STATS": "False",
+            # The ansible executables beside this interpreter (a venv) come first.
+            "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        }
+
+    def _private_dir(self, label: str) -> Path:
+        with self._lock:
+            self._runs += 1
+            path = self.work_dir / f"{self._runs:03d}-{label}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _run(self, label: str, hosts: Sequence[str], cancel: Cancel | None,
+             **kwargs: Any) -> tuple[Any, dict[str, str], dict[str, Any]]:
+        import ansible_runner
+
+        messages: dict[str, str] = {}
+        stats_data: dict[str, Any] = {}
+
+        def on_event(event: dict[str, Any]) -> bool:
+            kind = event.get("event", "")
+            data = event.get("event_data", {})
+            host = data.get("host")
+            if kind in ("runner_on_failed", "runner_on_unreachable") and host:
+                res = data.get("res", {})
+                if kind == "runner_on_failed" and data.get("ignore_errors"):
+                    return True
+                prefix = "unreachable" if kind == "runner_on_unreachable" else "failed"
+                msg = res.get("msg") or res.get("stderr") or res.get("reason") or "no message"
+                messages.setdefault(host, f"{prefix}: {data.get('task', '')}: {_short(msg)}")
+            elif kind == "runner_on_ok" and host:
+                # set_stats results stream per host, so they survive a cancelled run.
+                stats = (data.get("res") or {}).get("ansible_stats") or {}
+                for key, value in (stats.get("data") or {}).items():
+                    if isinstance(value, dict):
+                        stats_data.setdefault(key, {}).update(value)
+            elif kind == "playbook_on_stats":
+                for key, value in (data.get("artifact_data") or {}).items():
+                    if isinstance(value, dict):
+                        stats_data.setdefault(key, {}).update(value)
+            return True  # keep every event (dropping them would also drop the stats)
+
+        extravars = {**self.extravars, **kwargs.pop("extravars", {}),
+                     "ansible_control_path_dir": self.control_dir}
+        runner = ansible_runner.run(
+            private_data_dir=str(self._private_dir(label)), inventory=self.inventory,
+            limit=",".join(hosts), extravars=extravars, envvars=self._envvars(),
+            quiet=True, suppress_env_files=True, forks=min(self.forks, max(1, len(hosts))),
+            event_handler=on_event, cancel_callback=cancel or (lambda: False),
+            settings={"pexpect_timeout": 0.2, "suppress_ansible_output": True},
+            verbosity=self.verbosity or None, **kwargs,
+        )
+        outcomes: dict[str, str] = {}
+        stats = runner.stats or {}
+        processed = set(stats.get("processed", {}))
+        failed = set(stats.get("failures", {}))
+        dark = set(stats.get("dark", {}))
+        for host in hosts:
+            if host in dark:
+                outcomes[host] = messages.get(host, "unreachable: no message")
+            elif host in failed:
+                outcomes[host] = messages.get(host, "failed: no message")
+            elif host in processed:
+                outcomes[host] = "ok"
+            else:
+                outcomes[host] = "not run" if runner.status != "canceled" else "not run: cancelled"
+        return runner, outcomes, stats_data
+
+    def run_playbook(self, playbook: str, hosts: Sequence[str], extravars: Mapping[str, Any],
+                     *, label: str, tags: str | None = None,
+                     cancel: Cancel | None = None) -> RunResult:
+        extra: dict[str, Any] = {"extravars": dict(extravars)}
+        if tags:
+            extra["tags"] = tags
+        runner, outcomes, data = self._run(label, hosts, cancel, playbook=playbook, **extra)
+        previous = data.get("rollout_previous_version") or {}
+        return RunResult(status=runner.status, rc=runner.rc or 0, hosts=outcomes,
+                         previous_versions={h: previous.get(h) for h in hosts if h in previous},
+                         artifact_dir=str(runner.config.artifact_dir))
+
+    def run_command(self, host: str, command: str, timeout: float) -> tuple[bool, str]:
+        _, outcomes, _ = self._run(
+            "probe", [host], None, module="ansible.builtin.shell", module_args=command,
+            host_pattern=host, timeout=int(max(1, timeout)) + 5)
+        return outcomes.get(host) == "ok", outcomes.get(host, "")
+
+    def reachable(self, hosts: Sequence[str]) -> dict[str, str | None]:
+        """SSH login to every host (raw module: no Python needed); None means reachable."""
+        _, outcomes, _ = self._run("preflight-ssh", hosts, None, module="ansible.builtin.raw",
+                                   module_args="true", host_pattern="all")
+        return {h: None if o == "ok" else o for h, o in outcomes.items()}
+
+    def syntax_check(self, playbook: str) -> str | None:
+        """None if the playbook passes ``ansible-playbook --syntax-check``, else the error."""
+        env = {**os.environ, **self._envvars()}
+        proc = subprocess.run(
+            [shutil.which("ansible-playbook", path=env["PATH"]) or "ansible-playbook",
+             "--syntax-check", "-i", self.inventory, playbook],
+            capture_output=True, text=True, env=env, timeout=120, check=False)
+        if proc.returncode == 0:
+            return None
+        return _short(proc.stderr or proc.stdout, 1000)
+
+    def close(self) -> None:
+        """Asks every SSH master this executor's runs opened to exit, then removes their dir."""
+        deadline = time.monotonic() + 20
+        for sock in Path(self.control_dir).glob("*"):
+            if sock.is_socket() and time.monotonic() < deadline:
+                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "host"],
+                               capture_output=True, timeout=10, check=False)
+        shutil.rmtree(self.control_dir, ignore_errors=True)

@@ -1,0 +1,142 @@
+"""Turns a spec, the selected hosts and a version into a Plan: pure, cheap, touches nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rollout_py.errors import InputError
+
+
+def _size(value: int | str, total: int) -> int:
+    """An Ansible ``serial``-style size: a count, or a percentage of ``total`` (at least 1)."""
+    if isinstance(value, int):
+        return value
+    return max(1, int(total * int(value.rstrip("%")) / 100))
+
+
+def batch_sizes(spec_batches: Sequence[int | str], total: int) -> list[int]:
+    """Ansible's ``serial`` semantics: sizes in order, the last one repeating, until none left.
+
+    Example:
+        >>> batch_sizes([1, "50%", "100%"], 6)
+        [1, 3, 2]
+    """
+    sizes, left, i = [], total, 0
+    while left > 0:
+        size = min(_size(spec_batches[min(i, len(spec_batches) - 1)], total), left)
+        sizes.append(size)
+        left -= size
+        i += 1
+    return sizes
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedBatch:
+    index: int
+    hosts: tuple[str, ...]
+    servers: tuple[str, ...]
+    in_rotation: int  # fleet servers left in rotation while this batch is out
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a deploy will do, step by step. ``deploy`` runs exactly this."""
+
+    name: str
+    version: str
+    backend: str
+    sockets: tuple[str, ...]
+    fleet: tuple[str, ...]  # every host the spec's pattern selects (the capacity base)
+    servers: Mapping[str, str]  # host -> HAProxy server name, for the whole fleet
+    batches: tuple[PlannedBatch, ...]
+    skipped: Mapping[str, str]  # host -> why it is not deployed to
+    max_unavailable: int
+    on_failure: str
+    playbook: str
+    rollback_playbook: str | None
+    drain_timeout: float
+    pause_between_batches: float
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(h for b in self.batches for h in b.hosts)
+
+    def rollback_description(self) -> str:
+        how = (f"{self.rollback_playbook} on the batch" if self.rollback_playbook else
+               f"{self.playbook} with each host's previous version (rollout_version)")
+        scope = ("the failed batch" if self.on_failure == "rollback_batch" else
+                 "the failed batch, then every earlier batch, newest first")
+        return (f"on failure ({self.on_failure}): roll back {scope}: drain and MAINT on every LB, "
+                f"run {how}, probe, then restore each server's recorded state and weight")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["servers"] = dict(self.servers)
+        data["skipped"] = dict(self.skipped)
+        data["rollback"] = self.rollback_description()
+        data["steps"] = [self.batch_steps(b) for b in self.batches]
+        return data
+
+    def batch_steps(self, batch: PlannedBatch) -> list[str]:
+        """The LB actions and host steps of one batch, in order."""
+        servers = ", ".join(batch.servers)
+        steps = []
+        for sock in self.sockets:
+            steps.append(f"{sock}: set server {self.backend}/{{{servers}}} state drain; wait "
+                         f"until their sessions are 0 (up to {self.drain_timeout:g} s); "
+                         "state maint")
+        steps.append(f"run {self.playbook} on {', '.join(batch.hosts)} "
+                     f"(rollout_version={self.version}, rollout_batch={batch.index})")
+        steps.append("probe until healthy")
+        for sock in self.sockets:
+            steps.append(f"{sock}: set server {self.backend}/{{{servers}}} state ready "
+                         "(their recorded state and weight); wait for UP")
+        steps.append(f"in rotation meanwhile: {batch.in_rotation} of {len(self.fleet)}")
+        return steps
+
+
+def make_plan(*, name: str, version: str, fleet: Sequence[str], targets: Sequence[str],
+              servers: Mapping[str, str], batches: Sequence[int | str],
+              max_unavailable: int | str | None, current_versions: Mapping[str, str | None],
+              force: bool, backend: str, sockets: Sequence[str], on_failure: str,
+              playbook: str, rollback_playbook: str | None, drain_timeout: float,
+              pause_between_batches: float) -> Plan:
+    """Builds the plan; raises InputError when no valid plan exists.
+
+    Example:
+        >>> p = make_plan(name="web", version="2", fleet=["a", "b"], targets=["a", "b"],
+        ...     servers={"a": "a", "b": "b"}, batches=[1], max_unavailable=None,
+        ...     current_versions={}, force=False, backend="app", sockets=["unix:///s"],
+        ...     on_failure="rollback_batch", playbook="p.yml", rollback_playbook=None,
+        ...     drain_timeout=30, pause_between_batches=0)
+        >>> [b.hosts for b in p.batches]
+        [('a',), ('b',)]
+    """
+    skipped = {}
+    todo = []
+    for host in targets:
+        if not force and current_versions.get(host) == version:
+            skipped[host] = f"already at {version}"
+        else:
+            todo.append(host)
+    sizes = batch_sizes(batches, len(todo)) if todo else []
+    limit = max(sizes, default=1) if max_unavailable is None else _size(max_unavailable,
+                                                                         len(fleet))
+    planned, start = [], 0
+    for i, size in enumerate(sizes, 1):
+        hosts = tuple(todo[start:start + size])
+        start += size
+        if size > limit:
+            raise InputError(f"batch {i} would take {size} hosts out of rotation, but "
+                             f"max_unavailable allows {limit} (of {len(fleet)}); use smaller "
+                             "batches or raise max_unavailable")
+        planned.append(PlannedBatch(i, hosts, tuple(servers[h] for h in hosts),
+                                    len(fleet) - size))
+    return Plan(
+        name=name, version=version, backend=backend, sockets=tuple(sockets), fleet=tuple(fleet),
+        servers=dict(servers), batches=tuple(planned), skipped=skipped, max_unavailable=limit,
+        on_failure=on_failure, playbook=playbook, rollback_playbook=rollback_playbook,
+        drain_timeout=drain_timeout, pause_between_batches=pause_between_batches,
+    )

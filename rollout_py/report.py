@@ -1,0 +1,111 @@
+"""Renders events, plans and results for people (console lines) and machines (JSON lines)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from rollout_py import events as ev
+from rollout_py.planner import Plan
+from rollout_py.result import DeployResult
+
+
+def plan_lines(plan: Plan) -> list[str]:
+    lines = [f"plan {plan.name}: version {plan.version}, {len(plan.hosts)} of {len(plan.fleet)} "
+             f"hosts in {len(plan.batches)} batches; max_unavailable {plan.max_unavailable}"]
+    for host, why in plan.skipped.items():
+        lines.append(f"  skip {host}: {why}")
+    for batch in plan.batches:
+        lines.append(f"batch {batch.index}: {', '.join(batch.hosts)}")
+        lines += [f"  - {step}" for step in plan.batch_steps(batch)]
+    lines.append(plan.rollback_description())
+    if not plan.batches:
+        lines.append("nothing to do")
+    return lines
+
+
+def _console_line(e: ev.Event) -> str | None:
+    b = f"[batch {getattr(e, 'batch', '')}]"
+    match e:
+        case ev.DeployStarted():
+            return (f"deploy {e.deploy_id}: {e.name} -> {e.version}, "
+                    + " | ".join(", ".join(b) for b in e.batches))
+        case ev.BatchStarted():
+            return f"{b} {', '.join(e.hosts)}"
+        case ev.CapacityChecked():
+            return (f"{b} capacity: {e.taking_out} out of rotation during the batch "
+                    f"(max {e.max_unavailable})")
+        case ev.ServersDrained():
+            forced = f" (sessions shut: {', '.join(e.forced)})" if e.forced else ""
+            return f"{b} drained {', '.join(e.servers)}{forced}"
+        case ev.ServersDisabled():
+            return f"{b} MAINT {', '.join(e.servers)}"
+        case ev.StepStarted():
+            return f"{b} {e.step} {', '.join(e.hosts)} ..."
+        case ev.StepFinished():
+            detail = ", ".join(f"{h}: {o}" for h, o in e.hosts.items() if o != "ok")
+            return f"{b} {e.step} {'ok' if e.ok else 'FAILED'} in {e.duration:.1f} s" + (
+                f" ({detail})" if detail else "")
+        case ev.ProbePassed():
+            return f"{b} probe {e.host}: healthy ({e.phase})"
+        case ev.ProbeFailed():
+            return f"{b} probe {e.host}: FAILED ({e.phase}): {e.detail}"
+        case ev.ServersEnabled():
+            return f"{b} back in rotation: {', '.join(e.servers)}"
+        case ev.BatchSucceeded():
+            return f"{b} done in {e.durations.get('total', 0):.1f} s"
+        case ev.BatchFailed():
+            return f"{b} FAILED ({e.failure}): {e.cause}"
+        case ev.RollbackStarted():
+            return f"{b} rolling back {', '.join(e.hosts)}"
+        case ev.RollbackFinished():
+            if e.ok:
+                return f"{b} rolled back; every host back in rotation"
+            return f"{b} ROLLBACK INCOMPLETE: left in MAINT: {', '.join(e.stranded)} {e.detail}"
+        case ev.Interrupted():
+            return f"{e.signal} ({e.count}): {e.action}"
+        case ev.DeployFinished():
+            return None
+    return None
+
+
+def console_sink(out: IO[str], verbose: bool = False) -> Callable[[ev.Event], None]:
+    start = time.monotonic()
+
+    def sink(e: ev.Event) -> None:
+        line = _console_line(e)
+        if line is None or (not verbose and isinstance(e, ev.ProbePassed)):
+            return
+        out.write(f"{time.monotonic() - start:7.1f}s  {line}\n")
+        out.flush()
+
+    return sink
+
+
+def json_sink(out: IO[str]) -> Callable[[ev.Event], None]:
+    def sink(e: ev.Event) -> None:
+        out.write(json.dumps(e.to_json()) + "\n")
+        out.flush()
+
+    return sink
+
+
+def result_lines(result: DeployResult) -> list[str]:
+    lines = [f"{result.status} (exit {result.exit_code})"
+             + (f": {result.cause}" if result.cause else "")]
+    by_outcome: dict[str, list[str]] = {}
+    for host in result.hosts.values():
+        by_outcome.setdefault(host.outcome, []).append(
+            f"{host.host} ({host.before or '?'} -> {host.after or '?'})"
+            if host.outcome in ("upgraded", "rolled_back") else host.host)
+    for outcome, hosts in by_outcome.items():
+        lines.append(f"  {outcome}: {', '.join(hosts)}")
+    if result.stranded:
+        lines.append(f"  OUT OF ROTATION (MAINT), fix by hand: {', '.join(result.stranded)}")
+    return lines
+
+
+def result_json(result: DeployResult) -> dict[str, Any]:
+    return {"result": result.to_json()}

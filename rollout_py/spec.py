@@ -1,0 +1,281 @@
+"""The rollout spec (rollout.yml): validated user input, the only pydantic code in rollout_py.
+
+Errors name the file, the field path and what was expected, and are raised before anything is
+touched.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rollout_py.errors import SpecError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HAPROXY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_PERCENT = re.compile(r"^(\d{1,3})%$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _count_or_percent(value: int | str, *, field: str, allow_zero: bool = False) -> int | str:
+    if isinstance(value, bool):
+        raise ValueError(f"{field} must be a whole number or 'N%', not a boolean")
+    if isinstance(value, int):
+        if value < (0 if allow_zero else 1):
+            raise ValueError(f"{field} must be {'0 or more' if allow_zero else 'at least 1'}, "
+                             f"not {value}")
+        return value
+    m = _PERCENT.fullmatch(value.strip())
+    if not m:
+        raise ValueError(f"{field} must be a whole number or a percentage like '25%', "
+                         f"not {value!r}")
+    pct = int(m.group(1))
+    if not 1 <= pct <= 100:
+        raise ValueError(f"{field} percentage must be between 1% and 100%, not {value!r}")
+    return f"{pct}%"
+
+
+class HttpProbe(_Model):
+    """GET a URL: status, and optionally a body substring, a regex or JSON fields."""
+
+    http: str
+    status: int = Field(200, ge=100, le=599)
+    body: str | None = None
+    match: str | None = None
+    json_: dict[str, Any] | None = Field(None, alias="json")
+    timeout: float = Field(2.0, gt=0, le=60)
+
+    @field_validator("http")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, not {v!r}")
+        return v
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {v!r}: {exc}") from exc
+        return v
+
+
+class TcpProbe(_Model):
+    """Connect to host:port."""
+
+    tcp: str
+    timeout: float = Field(2.0, gt=0, le=60)
+
+    @field_validator("tcp")
+    @classmethod
+    def _addr(cls, v: str) -> str:
+        if "{{" not in v and not re.fullmatch(r".+:\d{1,5}", v):
+            raise ValueError(f"expected host:port, not {v!r}")
+        return v
+
+
+class CommandProbe(_Model):
+    """Run a command on the host (through Ansible/SSH); exit 0 passes."""
+
+    command: str
+    timeout: float = Field(10.0, gt=0, le=600)
+
+
+class HAProxyProbe(_Model):
+    """After enable, HAProxy's own check must report the server UP on every LB."""
+
+    haproxy: Literal["UP"]
+
+
+Probe = HttpProbe | TcpProbe | CommandProbe | HAProxyProbe
+_PROBE_KEYS: dict[str, type[_Model]] = {"http": HttpProbe, "tcp": TcpProbe, "command": CommandProbe,
+               "haproxy": HAProxyProbe}
+
+
+class HealthSpec(_Model):
+    deadline: float = Field(60, gt=0, le=3600)
+    interval: float = Field(1, gt=0, le=60)
+    consecutive: int = Field(3, ge=1, le=100)
+    soak: float = Field(0, ge=0, le=3600)
+    probes: list[Probe] = Field(default_factory=list)
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _dispatch(cls, value: Any) -> Any:
+        # Pick the probe model by its key so errors speak of that kind of probe only.
+        if not isinstance(value, list):
+            return value
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, _Model):
+                out.append(item)
+                continue
+            if not isinstance(item, dict):
+                raise ValueError(f"probe {i}: expected a mapping like {{http: URL}}")
+            kinds = [k for k in _PROBE_KEYS if k in item]
+            if len(kinds) != 1:
+                raise ValueError(f"probe {i}: needs exactly one of "
+                                 f"{', '.join(_PROBE_KEYS)}; got keys {sorted(item)}")
+            try:
+                out.append(_PROBE_KEYS[kinds[0]].model_validate(item))
+            except ValidationError as exc:
+                raise ValueError(f"probe {i} ({kinds[0]}): " + "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
+                    for e in exc.errors())) from None
+        return out
+
+
+class HAProxySpec(_Model):
+    sockets: list[str] = Field(min_length=1)
+    backend: str = "app"
+    server: str = "{{ inventory_hostname }}"
+    drain_timeout: float = Field(30, ge=0, le=86400)
+    up_timeout: float = Field(30, gt=0, le=3600)
+    ssh_config: str | None = None
+
+    @field_validator("sockets")
+    @classmethod
+    def _schemes(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("unix:///", "tcp://", "ssh://")):
+                raise ValueError(f"socket {url!r}: expected unix:///path, tcp://host:port or "
+                                 "ssh://[user@]host/path")
+        if len(set(v)) != len(v):
+            raise ValueError("the same socket is listed twice")
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if not _HAPROXY_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a valid HAProxy backend name "
+                             "(letters, digits, '-', '_', '.', ':')")
+        return v
+
+
+def _default_batches() -> list[int | str]:
+    return [1, "25%", "100%"]
+
+
+class Spec(_Model):
+    """A validated rollout spec; paths are resolved relative to the spec file."""
+
+    name: str
+    inventory: str
+    hosts: str = "all"
+    playbook: str
+    rollback_playbook: str | None = None
+    batches: list[int | str] = Field(default_factory=_default_batches)
+    max_unavailable: int | str | None = None
+    on_failure: Literal["rollback_batch", "rollback_all"] = "rollback_batch"
+    pause_between_batches: float = Field(0, ge=0, le=86400)
+    version_url: str | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+    haproxy: HAProxySpec
+    health: HealthSpec = HealthSpec()
+    # Where the spec came from (set by load_spec; not a YAML key).
+    source: str = Field("<memory>", exclude=True)
+    base_dir: str = Field(".", exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.fullmatch(v):
+            raise ValueError(f"{v!r}: use letters, digits, '.', '_', '-' (at most 64)")
+        return v
+
+    @field_validator("batches", mode="before")
+    @classmethod
+    def _batches(cls, v: Any) -> Any:
+        items = v if isinstance(v, list) else [v]
+        if not items:
+            raise ValueError("needs at least one batch size")
+        return [_count_or_percent(x, field="batch size") if isinstance(x, int | str) else x
+                for x in items]
+
+    @field_validator("max_unavailable", mode="before")
+    @classmethod
+    def _max_unavailable(cls, v: Any) -> Any:
+        return None if v is None else _count_or_percent(v, field="max_unavailable")
+
+    @model_validator(mode="after")
+    def _needs_probes(self) -> Spec:
+        if not self.health.probes:
+            raise ValueError("health.probes: at least one probe is needed: without one a broken "
+                             "release would be put back in rotation")
+        return self
+
+    def path(self, value: str) -> Path:
+        """A path from the spec, resolved relative to the spec file's directory."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the spec; check its spelling)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg}")
+    return f"{source}: invalid rollout spec:\n" + "\n".join(lines)
+
+
+def parse_spec(data: Any, *, source: str = "<memory>", base_dir: str = ".") -> Spec:
+    """Validates already-loaded spec data.
+
+    Example:
+        >>> parse_spec({"name": "web", "inventory": "inv.ini", "playbook": "p.yml",
+        ...             "haproxy": {"sockets": ["unix:///run/haproxy.sock"]},
+        ...             "health": {"probes": [{"tcp": "{{ ansible_host }}:80"}]}}).name
+        'web'
+    """
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a rollout spec must be a YAML mapping, "
+                        f"not {type(data).__name__}")
+    for reserved in ("source", "base_dir"):
+        if reserved in data:
+            raise SpecError(f"{source}: invalid rollout spec:\n  {reserved}: unknown key "
+                            "(not part of the spec; check its spelling)")
+    try:
+        return Spec.model_validate({**data, "source": source, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise SpecError(_format_errors(source, exc)) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Reads and validates a rollout.yml.
+
+    Example:
+        >>> spec = load_spec("rollout.yml")  # doctest: +SKIP
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the rollout spec: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_spec(data, source=str(path), base_dir=str(path.resolve().parent))

@@ -1,0 +1,197 @@
+"""Test doubles for each seam (executor, balancer, probes), for the engine's and users' tests.
+
+``FakeFleet`` couples them the way a real fleet does: a host serves the version its last
+playbook run installed; HAProxy reports a server UP only if that host is healthy; probes pass
+only on healthy hosts. Every side effect is appended to ``fleet.log`` as a short line.
+
+Example:
+    >>> fleet = FakeFleet(["web1", "web2"], version="1.0")
+    >>> fleet.unhealthy_versions.add("2.0-bad")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout_py.balancer.fleet import Recorded, Snapshot
+from rollout_py.balancer.runtime import ServerState
+from rollout_py.errors import BalancerError
+from rollout_py.executor import Cancel, RunResult
+from rollout_py.probes import Check, Prober
+from rollout_py.spec import HAProxyProbe, HttpProbe
+
+_ADMIN_BITS = {"READY": 0, "DRAIN": 0x08, "MAINT": 0x01}
+
+
+@dataclass
+class FakeServer:
+    admin: str = "READY"
+    weight: int = 1
+    sessions: int = 0
+
+
+@dataclass
+class FakeFleet:
+    """An in-memory fleet behind ``lbs`` load balancers."""
+
+    hosts: Sequence[str]
+    version: str = "1.0"
+    lbs: Sequence[str] = ("unix:///lb1.sock",)
+    unhealthy_versions: set[str] = field(default_factory=set)
+    down_hosts: set[str] = field(default_factory=set)  # HAProxy checks fail (host dead)
+    fail_upgrade: dict[str, str] = field(default_factory=dict)  # host -> "failed"|"unreachable"
+    fail_rollback: set[str] = field(default_factory=set)
+    sticky_sessions: dict[str, int] = field(default_factory=dict)  # server -> sessions left
+    balancer_fails_on: str | None = None  # e.g. "maint": that command raises BalancerError
+    hooks: dict[str, Callable[[], None]] = field(default_factory=dict)  # log line -> once
+    log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.versions: dict[str, str | None] = dict.fromkeys(self.hosts, self.version)
+        self.servers: dict[str, dict[str, FakeServer]] = {
+            lb: {h: FakeServer() for h in self.hosts} for lb in self.lbs}
+
+    def record(self, line: str) -> None:
+        self.log.append(line)
+        hook = self.hooks.pop(line, None)  # fires once, on the first such line
+        if hook is not None:
+            hook()
+
+    def healthy(self, host: str) -> bool:
+        return host not in self.down_hosts and self.versions.get(host) not in \
+            self.unhealthy_versions
+
+    def executor(self) -> FakeExecutor:
+        return FakeExecutor(self)
+
+    def balancer(self) -> FakeBalancer:
+        return FakeBalancer(self)
+
+    def prober(self) -> Prober:
+        fleet = self
+
+        class _Prober(Prober):
+            def run(self, host: str, check: Check) -> str | None:
+                if check.kind == "haproxy":
+                    return fleet_up(host)
+                if not fleet.healthy(host):
+                    return "unhealthy"
+                want = check.target.rpartition("@")[2]
+                if want and fleet.versions.get(host) != want:
+                    return f"serves {fleet.versions.get(host)}, expected {want}"
+                return None
+
+        def fleet_up(server: str) -> str | None:
+            return None if fleet.healthy(server) else "DOWN"
+
+        return _Prober(lambda h, c, t: (True, ""), fleet_up)
+
+    def checks(self, host: str, version: str) -> tuple[list[Check], list[Check]]:
+        """One version-aware check before enable, one HAProxy check after."""
+        return ([Check("http", f"http://{host}/version@{version}", HttpProbe(http="http://x"))],
+                [Check("haproxy", host, HAProxyProbe(haproxy="UP"))])
+
+
+class FakeExecutor:
+    """Installs versions on the fake fleet; fails where the fleet says so."""
+
+    def __init__(self, fleet: FakeFleet) -> None:
+        self.fleet = fleet
+        self.closed = False
+
+    def run_playbook(self, playbook: str, hosts: Sequence[str], extravars: Mapping[str, Any],
+                     *, label: str, tags: str | None = None,
+                     cancel: Cancel | None = None) -> RunResult:
+        version = str(extravars["rollout_version"])
+        rollback = bool(extravars.get("rollout_rollback"))
+        step = "rollback" if rollback else "upgrade"
+        self.fleet.record(f"{step} {','.join(hosts)} -> {version}")
+        outcomes: dict[str, str] = {}
+        previous: dict[str, str | None] = {}
+        if cancel is not None and cancel():
+            # Reading the current version is the playbook's first task (streamed per host).
+            return RunResult("canceled", 254, dict.fromkeys(hosts, "not run: cancelled"),
+                             {h: self.fleet.versions[h] for h in hosts})
+        for host in hosts:
+            previous[host] = self.fleet.versions[host]
+            failure = (("failed" if host in self.fleet.fail_rollback else None) if rollback
+                       else self.fleet.fail_upgrade.get(host))
+            if failure:
+                outcomes[host] = f"{failure}: injected"
+            else:
+                self.fleet.versions[host] = version
+                outcomes[host] = "ok"
+        status = "successful" if all(v == "ok" for v in outcomes.values()) else "failed"
+        return RunResult(status, 0 if status == "successful" else 2, outcomes, previous)
+
+    def run_command(self, host: str, command: str, timeout: float) -> tuple[bool, str]:
+        return self.fleet.healthy(host), ""
+
+    def reachable(self, hosts: Sequence[str]) -> dict[str, str | None]:
+        return {h: None for h in hosts}
+
+    def syntax_check(self, playbook: str) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeBalancer:
+    """Every LB of the fake fleet; logs each state change once per batch of servers."""
+
+    def __init__(self, fleet: FakeFleet) -> None:
+        self.fleet = fleet
+        self.urls = list(fleet.lbs)
+
+    def _maybe_fail(self, what: str) -> None:
+        if self.fleet.balancer_fails_on == what:
+            raise BalancerError(f"injected failure on {what}")
+
+    def states(self) -> dict[str, dict[str, ServerState]]:
+        out: dict[str, dict[str, ServerState]] = {}
+        for lb, servers in self.fleet.servers.items():
+            out[lb] = {}
+            for name, srv in servers.items():
+                running = self.fleet.healthy(name) and srv.admin != "MAINT"
+                out[lb][name] = ServerState("app", name, name, 2 if running else 0,
+                                            _ADMIN_BITS[srv.admin], srv.weight, 8080)
+        return out
+
+    def admin_levels(self) -> dict[str, bool]:
+        return dict.fromkeys(self.urls, True)
+
+    def snapshot(self, servers: Sequence[str]) -> Snapshot:
+        return {lb: {s: Recorded(self.fleet.servers[lb][s].admin, self.fleet.servers[lb][s].weight)
+                     for s in servers} for lb in self.fleet.lbs}
+
+    def set_state(self, servers: Sequence[str], state: str) -> None:
+        self._maybe_fail(state)
+        for lb in self.fleet.lbs:
+            for s in servers:
+                self.fleet.servers[lb][s].admin = state.upper()
+                if state == "maint":
+                    self.fleet.servers[lb][s].sessions = 0
+        self.fleet.record(f"{state} {','.join(servers)}")
+
+    def sessions(self, servers: Sequence[str]) -> dict[str, int]:
+        return {s: self.fleet.sticky_sessions.get(s, 0) for s in servers}
+
+    def shutdown_sessions(self, servers: Sequence[str]) -> None:
+        for s in servers:
+            self.fleet.sticky_sessions.pop(s, None)
+        self.fleet.record(f"shutdown sessions {','.join(servers)}")
+
+    def restore(self, snapshot: Snapshot, servers: Sequence[str]) -> None:
+        self._maybe_fail("restore")
+        for lb in self.fleet.lbs:
+            for s in servers:
+                rec = snapshot[lb][s]
+                self.fleet.servers[lb][s].admin = rec.admin
+                self.fleet.servers[lb][s].weight = rec.weight
+        self.fleet.record(f"restore {','.join(servers)}")
+
+    def close(self) -> None:
+        pass
