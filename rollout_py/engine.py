@@ -359,7 +359,8 @@ class Engine:
                 stranded |= self._undo_upgrade(batch)
             if applied.snapshot is not None:  # undo drain: recorded state, UP again
                 healthy = [s for s in servers if host_of[s] not in stranded]
-                self.balancer.restore(applied.snapshot, healthy)
+                if healthy:
+                    self.balancer.restore(applied.snapshot, healthy)
                 expect_up = [s for s in healthy
                              if any(p[s].admin != "MAINT" for p in applied.snapshot.values())]
                 if expect_up and not wait_until(
