@@ -1,4 +1,4 @@
-"""The README's main job: bring the local lab up and show it serving through HAProxy."""
+"""The README's main job: a live rolling deploy 1.0 -> 2.0 on the local lab, under load."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import rollout_py
 from rollout_py.errors import RolloutError
-from rollout_py.lab import lab
+from rollout_py.lab import artifact, lab
 from rollout_py.lab.load import LoadGenerator
+from rollout_py.report import console_sink, result_lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,26 +18,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=Path(".rollout-lab"))
     parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--rps", type=float, default=200)
-    parser.add_argument("--duration", type=float, default=10)
     args = parser.parse_args(argv)
     try:
+        # A fresh lab every time, so the demo always starts from 1.0.
+        lab.down(args.dir)
         layout = lab.up(args.dir, n_hosts=args.hosts, n_lbs=2, say=print)
-        for lb in layout.lbs:
-            url = f"http://127.0.0.1:{lb.port}/"
-            print(f"\n== {args.rps:g} requests/s for {args.duration:g} s through {lb.name} ({url})")
-            summary = LoadGenerator(url, rps=args.rps, duration=args.duration).run()
-            print(f"{summary.sent} requests, {summary.failed} failed; "
-                  f"p50 {summary.p50_ms:.1f} ms, p99 {summary.p99_ms:.1f} ms")
-            print("served by: " + ", ".join(f"{h} {n}" for h, n in summary.by_host.items()))
+        artifact.build_artifact(layout.artifacts, "2.0")
+        spec = rollout_py.load_spec(layout.path / "rollout.yml")
+        front = f"http://127.0.0.1:{layout.lbs[0].port}/"
+        print(f"\n== rolling 1.0 -> 2.0 across {args.hosts} hosts, two HAProxy LBs, "
+              f"while {args.rps:g} requests/s go through {front}")
+        load = LoadGenerator(front, rps=args.rps, duration=3600).start()
+        try:
+            result = rollout_py.deploy(spec, version="2.0",
+                                       sinks=[console_sink(sys.stdout, verbose=True)])
+        finally:
+            summary = load.stop()
+        print("\n".join(result_lines(result)))
+        print(f"\n{summary.sent} requests, {summary.failed} failed "
+              f"(p50 {summary.p50_ms:.1f} ms, p99 {summary.p99_ms:.1f} ms); served by version: "
+              + ", ".join(f"{v} {n}" for v, n in summary.by_version.items()))
         print("\n== lab state")
         for host in lab.status(args.dir)["hosts"]:
             print(f"{host['name']}  {host['address']}  version {host['version']}")
         print(f"\nThe lab stays up. Drive it by hand:\n"
               f"  .venv/bin/rollout lab status --dir {args.dir}\n"
-              f"  .venv/bin/rollout lab load --dir {args.dir} --rps 300 --duration 20\n"
-              f"  ssh -F {args.dir}/ssh/ssh_config app01\n"
+              f"  .venv/bin/rollout lab artifact 3.0 --dir {args.dir}\n"
+              f"  .venv/bin/rollout deploy -f {args.dir}/rollout.yml --version 3.0\n"
               f"  .venv/bin/rollout lab down --dir {args.dir}")
-        return 0
+        return 0 if result.status == "succeeded" and summary.failed == 0 else 1
     except RolloutError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

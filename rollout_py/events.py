@@ -189,6 +189,6 @@ class DeployFinished(Event):
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     DeployStarted, BatchStarted, CapacityChecked, DrainStarted, ServersDrained, ServersDisabled,
-    StepStarted, StepFinished, ProbePassed, ProbeFailed, ServersEnabled, BatchSucceeded, BatchFailed,
-    RollbackStarted, RollbackFinished, Interrupted, DeployFinished,
+    StepStarted, StepFinished, ProbePassed, ProbeFailed, ServersEnabled, BatchSucceeded,
+    BatchFailed, RollbackStarted, RollbackFinished, Interrupted, DeployFinished,
 )

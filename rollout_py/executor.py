@@ -93,6 +93,9 @@ class AnsibleExecutor:
         return {
             "ANSIBLE_ROLES_PATH": roles,
             "ANSIBLE_PIPELINING": "True",
+            # ansible-runner turns host-key checking off unless told otherwise; we keep
+            # Ansible's own default (on) unless the user's environment says differently.
+            "ANSIBLE_HOST_KEY_CHECKING": os.environ.get("ANSIBLE_HOST_KEY_CHECKING", "True"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": self.control_dir,
             "ANSIBLE_FORCE_COLOR": "False",
             "ANSIBLE_NOCOLOR": "True",

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -170,6 +171,15 @@ class HAProxySpec(_Model):
         return v
 
 
+def _batch_size(value: Any) -> Any:
+    if isinstance(value, int | str):
+        return _count_or_percent(value, field="batch size")
+    return value
+
+
+BatchSize = Annotated[int | str, BeforeValidator(_batch_size)]
+
+
 def _default_batches() -> list[int | str]:
     return [1, "25%", "100%"]
 
@@ -182,7 +192,7 @@ class Spec(_Model):
     hosts: str = "all"
     playbook: str
     rollback_playbook: str | None = None
-    batches: list[int | str] = Field(default_factory=_default_batches)
+    batches: list[BatchSize] = Field(default_factory=_default_batches, min_length=1)
     max_unavailable: int | str | None = None
     on_failure: Literal["rollback_batch", "rollback_all"] = "rollback_batch"
     pause_between_batches: float = Field(0, ge=0, le=86400)
@@ -204,11 +214,7 @@ class Spec(_Model):
     @field_validator("batches", mode="before")
     @classmethod
     def _batches(cls, v: Any) -> Any:
-        items = v if isinstance(v, list) else [v]
-        if not items:
-            raise ValueError("needs at least one batch size")
-        return [_count_or_percent(x, field="batch size") if isinstance(x, int | str) else x
-                for x in items]
+        return v if isinstance(v, list) else [v]  # a single size repeats, like Ansible serial
 
     @field_validator("max_unavailable", mode="before")
     @classmethod

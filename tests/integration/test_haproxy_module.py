@@ -77,7 +77,8 @@ def run_play(lab: Layout, tmp_path: Path, *, tasks: list[dict[str, Any]],
     book.write_text(json.dumps([play]))
     runner_dir = tmp_path / f"runner{n}"
     runner_dir.mkdir()
-    envvars = {"ANSIBLE_CONFIG": str(lab.path / "ansible.cfg")}
+    # ansible-runner turns host-key checking off by default; the lab keeps it on.
+    envvars = {"ANSIBLE_CONFIG": str(lab.path / "ansible.cfg"), "ANSIBLE_HOST_KEY_CHECKING": "True"}
     if library:  # the module on its own, without a play that lists the role
         envvars["ANSIBLE_LIBRARY"] = str(LIBRARY)
     run = ansible_runner.run(

@@ -85,7 +85,8 @@ def test_deploy_playbook_upgrades_only_the_limited_hosts(lab: Layout, tmp_path) 
         private_data_dir=str(tmp_path), playbook=str(playbook("deploy.yml")),
         inventory=str(lab.inventory), limit="app01,app02",
         extravars={"rollout_version": "2.0"}, quiet=True, suppress_env_files=True,
-        envvars={"ANSIBLE_PIPELINING": "True", "ANSIBLE_ROLES_PATH": str(roles_path())},
+        envvars={"ANSIBLE_PIPELINING": "True", "ANSIBLE_ROLES_PATH": str(roles_path()),
+                 "ANSIBLE_HOST_KEY_CHECKING": "True"},
     )
     assert result.rc == 0 and result.status == "successful"
     stats = result.stats

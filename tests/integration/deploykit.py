@@ -1,0 +1,111 @@
+"""Helpers for deploy tests on a lab: specs, live versions, LB states, load with checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rollout_py import events as ev
+from rollout_py.lab import lab as lab_mod
+from rollout_py.lab.layout import Layout
+from rollout_py.lab.load import LoadGenerator, Summary
+
+REPO = Path(__file__).resolve().parents[2]
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def write_spec(lab: Layout, path: Path, **overrides: Any) -> Path:
+    """The lab's rollout.yml with absolute paths and test-sized timings, plus overrides."""
+    spec = yaml.safe_load((lab.path / "rollout.yml").read_text())
+    spec["inventory"] = str(lab.inventory)
+    spec["haproxy"]["ssh_config"] = str(lab.ssh_config)
+    spec["haproxy"]["drain_timeout"] = 10
+    spec["health"].update(deadline=12, interval=0.3, consecutive=2)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def versions(lab: Layout) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for host in lab.app_hosts:
+        try:
+            with _OPENER.open(f"http://{host.address}:8080/version", timeout=3) as resp:
+                out[host.name] = resp.read().decode().strip()
+        except OSError:
+            out[host.name] = None
+    return out
+
+
+def lb_states(lab: Layout) -> dict[str, dict[str, tuple[str, str, int]]]:
+    """LB name -> server -> (admin, op, weight), read through each LB's own socket URL."""
+    out = {}
+    for lb in lab.lbs:
+        api = lab_mod.lb_api(lab, lb)
+        try:
+            out[lb.name] = {s.name: (s.admin, s.op, s.weight) for s in api.servers_state("app")}
+        finally:
+            api.close()
+    return out
+
+
+def all_ready_and_up(lab: Layout) -> bool:
+    return all(v[:2] == ("READY", "RUNNING") for per in lb_states(lab).values()
+               for v in per.values())
+
+
+def rollout_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rollout_py", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO,
+                          env=os.environ | {"PYTHONPATH": str(REPO)})
+
+
+def json_result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output (exit {proc.returncode}): {proc.stderr}"
+    last = lines[-1]
+    return dict(json.loads(last)["result"])
+
+
+@contextmanager
+def load(lab: Layout, rps: float = 100, lb: int = 0) -> Iterator[list[Summary]]:
+    """Constant open-loop load through an LB for the duration of the block."""
+    gen = LoadGenerator(f"http://127.0.0.1:{lab.lbs[lb].port}/", rps=rps, duration=3600)
+    out: list[Summary] = []
+    gen.start()
+    try:
+        yield out
+    finally:
+        out.append(gen.stop())
+
+
+def traffic_before_probe(summary: Summary, events: Sequence[ev.Event],
+                         margin: float = 0.05) -> list[str]:
+    """Requests a host served after its drain began and before its first passing probe."""
+    drained: dict[str, float] = {}
+    for e in events:
+        if isinstance(e, ev.DrainStarted):
+            for server in e.servers:
+                drained[server] = e.ts
+    verified = {e.host: e.ts for e in events
+                if isinstance(e, ev.ProbePassed) and e.phase == "verify"}
+    bad = []
+    for rec in summary.records:
+        host = rec.served_by
+        if host in drained and drained[host] + margin < rec.sent_at < verified.get(host, 1e18):
+            bad.append(f"{host} served request {rec.seq} at {rec.sent_at:.3f} "
+                       f"(drain {drained[host]:.3f}, probe {verified.get(host)})")
+    return bad
