@@ -1,0 +1,108 @@
+"""Probes against local servers, and the runtime API over the tcp:// transport (loopback)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from rollout_py.balancer import RuntimeAPI, open_transport
+from rollout_py.probes import Check, Prober, wait_healthy
+from rollout_py.spec import HttpProbe, TcpProbe
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = {"/ok": (200, "all good v2.1"),
+                "/json": (200, json.dumps({"app": {"version": "2.1", "ready": True}})),
+                "/bad": (503, "down")}.get(self.path, (404, "nope"))
+        data = body[1].encode()
+        self.send_response(body[0])
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv.server_address[1]
+    srv.shutdown()
+    srv.server_close()
+
+
+def prober() -> Prober:
+    return Prober(lambda h, c, t: (True, ""), lambda s: None)
+
+
+def http(port: int, path: str, **kw: object) -> Check:
+    url = f"http://127.0.0.1:{port}{path}"
+    return Check("http", url, HttpProbe(http=url, **kw))  # type: ignore[arg-type]
+
+
+def test_http_status_body_regex_and_json(server: int) -> None:
+    p = prober()
+    assert p.run("h", http(server, "/ok", body="v2.1")) is None
+    assert "does not contain" in (p.run("h", http(server, "/ok", body="v3")) or "")
+    assert p.run("h", http(server, "/ok", match=r"v2\.\d")) is None
+    assert "does not match" in (p.run("h", http(server, "/ok", match=r"v3\.")) or "")
+    assert "status 503" in (p.run("h", http(server, "/bad")) or "")
+    assert p.run("h", http(server, "/json", **{"json": {"app.version": "2.1"}})) is None
+    assert "JSON app.version is '2.1'" in (p.run("h", http(server, "/json", **{
+        "json": {"app.version": "2.2"}})) or "")
+    assert "has no app.missing" in (p.run("h", http(server, "/json", **{
+        "json": {"app.missing": 1}})) or "")
+
+
+def test_tcp_probe(server: int) -> None:
+    p = prober()
+    assert p.run("h", Check("tcp", f"127.0.0.1:{server}", TcpProbe(tcp="x:1"))) is None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert "Refused" in (p.run("h", Check("tcp", f"127.0.0.1:{closed}", TcpProbe(tcp="x:1")))
+                         or "")
+
+
+def test_consecutive_passes_are_required(server: int) -> None:
+    results: list[tuple[str, str | None]] = []
+    out = wait_healthy(prober(), {"a": [http(server, "/ok")], "b": [http(server, "/bad")]},
+                       deadline=0.5, interval=0.05, consecutive=3,
+                       on_result=lambda h, f, _c: results.append((h, f)))
+    assert out["a"] is None and "status 503" in (out["b"] or "")
+    assert sorted(h for h, _ in results) == ["a", "b"]
+
+
+def test_runtime_api_over_tcp() -> None:
+    answers = {"show servers state app": "1\n# be_id be_name srv_id srv_name srv_addr "
+               "srv_op_state srv_admin_state srv_uweight srv_iweight srv_port\n"
+               "3 app 1 web1 10.0.0.1 2 0 1 1 80\n"}
+    received: list[str] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            line = conn.makefile().readline().strip()
+            received.append(line)
+            conn.sendall(answers.get(line, "Unknown command.\n").encode())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    api = RuntimeAPI(open_transport(f"tcp://127.0.0.1:{listener.getsockname()[1]}"))
+    states = api.servers_state("app")
+    thread.join(5)
+    listener.close()
+    assert received == ["show servers state app"]
+    assert states[0].name == "web1" and states[0].in_rotation
