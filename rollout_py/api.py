@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,16 +25,21 @@ from rollout_py.balancer.runtime import RuntimeAPI, validate_name
 from rollout_py.balancer.transports import SshOptions, open_transport
 from rollout_py.engine import Engine, Settings, new_deploy_id
 from rollout_py.errors import BalancerError, InputError
-from rollout_py.executor import AnsibleExecutor, Executor
+from rollout_py.executor import AnsibleExecutor, Executor, previous_versions_from_artifacts
 from rollout_py.inventory import Inventory, InventoryHost
+from rollout_py.lock import FleetLock, fleet_key
+from rollout_py.notify import Notifier, Webhook
 from rollout_py.planner import Plan, make_plan
 from rollout_py.preflight import preflight, read_versions
 from rollout_py.probes import Check, Prober
+from rollout_py.procs import stop_leftovers
+from rollout_py.redact import Redactor
 from rollout_py.result import DeployResult
 from rollout_py.spec import HAProxyProbe, HttpProbe, Spec, TcpProbe, load_spec
+from rollout_py.state import Journal, StateDir, digest
 from rollout_py.validate import validate_version
 
-__all__ = ["Context", "deploy", "load_spec", "plan"]
+__all__ = ["Context", "deploy", "load_spec", "plan", "resume"]
 
 
 @dataclass
@@ -197,16 +203,35 @@ def _signals(engine: Engine, install: bool) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _redactor(spec: Spec, extravars: Mapping[str, Any], secret_names: Sequence[str]) -> Redactor:
+    names = [*spec.secret_vars, *secret_names]
+    return Redactor.for_vars({**spec.vars, **extravars}, names)
+
+
+def _split_secrets(variables: Mapping[str, Any], names: Sequence[str]
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    plain = {k: v for k, v in variables.items() if k not in names}
+    secret = {k: v for k, v in variables.items() if k in names}
+    return plain, secret
+
+
+def _spec_snapshot(spec: Spec, redactor: Redactor) -> dict[str, Any]:
+    return redactor.data(spec.model_dump(mode="json", by_alias=True))
+
+
 def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str | None = None,
-           extravars: Mapping[str, Any] | None = None, force: bool = False,
-           force_drain: bool = False, on_event: Callable[[ev.Event], None] | None = None,
+           extravars: Mapping[str, Any] | None = None, secret_vars: Sequence[str] = (),
+           force: bool = False, force_drain: bool = False,
+           on_event: Callable[[ev.Event], None] | None = None,
            sinks: Sequence[Callable[[ev.Event], None]] = (), state_dir: str | Path | None = None,
-           verbosity: int = 0, install_signal_handlers: bool = True,
+           lock_wait: float = 0.0, verbosity: int = 0, install_signal_handlers: bool = True,
            executor: Executor | None = None, balancer: Balancer | None = None) -> DeployResult:
     """Runs a rolling deploy and returns its result (a failure is a result, not an exception).
 
-    Raises InputError (or a subclass) when the input or the preflight checks refuse the
-    deploy; nothing has been touched then.
+    Every event is journaled (fsync'd) in the state directory before anyone else sees it; the
+    fleet's lock is held for the whole deploy. Raises InputError (or a subclass, e.g.
+    PreflightError, LockHeldError) when input, lock or preflight refuse the deploy; nothing has
+    been touched then.
 
     Example:
         >>> result = deploy(load_spec("rollout.yml"), version="2.0")  # doctest: +SKIP
@@ -216,32 +241,144 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
     validate_version(version)
     ctx = Context.resolve(spec, inventory=inventory, limit=limit)
     deploy_id = new_deploy_id()
-    base = Path(state_dir) if state_dir else Path(spec.base_dir) / ".rollout"
-    work_dir = base / "deploys" / deploy_id / "runs"
-    user_vars = {**spec.vars, **(extravars or {}), "rollout_hosts": spec.hosts}
-    own_executor = executor is None
-    executor = executor or AnsibleExecutor(ctx.inventory_source, work_dir=work_dir,
-                                           extravars=user_vars, verbosity=verbosity)
-    own_balancer = balancer is None
+    state = StateDir(Path(state_dir) if state_dir else spec.state_path())
+    all_vars = {**spec.vars, **(extravars or {}), "rollout_hosts": spec.hosts}
+    names = [*spec.secret_vars, *secret_vars]
+    redactor = _redactor(spec, extravars or {}, secret_vars)
+    plain_vars, secret_values = _split_secrets(all_vars, names)
+    lock = FleetLock(state.root, fleet_key(spec.name, ctx.inventory_source))
+    lock.acquire(deploy_id=deploy_id, message=f"deploy {spec.name} {version}", wait=lock_wait)
+    journal: Journal | None = None
     lbs: Balancer | None = balancer
+    notifier = Notifier([Webhook(url=w.url, on=frozenset(w.on), timeout=w.timeout,
+                                 retries=w.retries) for w in spec.notify.webhooks],
+                        redact=redactor.text) if spec.notify.webhooks else None
+    record = None
+    own_executor = executor is None
     try:
         lbs = lbs or open_balancer(spec)
         versions = read_versions(ctx) if spec.version_url else {}
         the_plan = plan(spec, version=version, force=force, current_versions=versions,
                         context=ctx)
+        control_dir = f"/tmp/rollout-cp-{deploy_id}"
+        record = state.create(deploy_id, meta={
+            "name": spec.name, "version": version, "inventory": ctx.inventory_source,
+            "limit": limit, "force": force, "spec_file": spec.source,
+            "control_dir": control_dir, "spec_digest": digest(_spec_snapshot(spec, redactor)),
+            "plan_digest": digest(the_plan.to_json()), "extravars": redactor.data(plain_vars),
+            "secret_vars": names}, spec=_spec_snapshot(spec, redactor), plan=the_plan.to_json())
+        executor = executor or AnsibleExecutor(
+            ctx.inventory_source, work_dir=record.runs, extravars=plain_vars,
+            secret_vars=secret_values, verbosity=verbosity, control_dir=control_dir,
+            redactor=redactor)
         preflight(ctx, the_plan, executor=executor, balancer=lbs)
-        prober = Prober(executor.run_command, haproxy_up_check(lbs))
-        engine = Engine(
-            the_plan, executor=executor, balancer=lbs, prober=prober,
-            checks=make_checks(ctx, user_vars),
-            settings=Settings(health=spec.health, drain_timeout=spec.haproxy.drain_timeout,
-                              up_timeout=spec.haproxy.up_timeout, force_drain=force_drain,
-                              extravars=user_vars, known_versions=versions),
-            sinks=[*sinks, *([on_event] if on_event else [])], deploy_id=deploy_id)
+        journal = Journal(record.journal)
+        engine = _engine(ctx, the_plan, executor, lbs, all_vars, versions, force_drain,
+                         [journal, *sinks, *([on_event] if on_event else []),
+                          *([notifier] if notifier else [])], deploy_id, redactor)
         with _signals(engine, install_signal_handlers):
             return engine.run()
+    except InputError:
+        if record is not None and journal is None:
+            shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
+        raise
     finally:
-        if own_executor:
+        if journal is not None:
+            journal.close()
+        if own_executor and executor is not None:
             executor.close()
-        if own_balancer and lbs is not None:
+        if balancer is None and lbs is not None:
             lbs.close()
+        if notifier is not None:
+            notifier.close(wait=15)
+        lock.release()
+
+
+def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
+            all_vars: Mapping[str, Any], versions: Mapping[str, str | None], force_drain: bool,
+            sinks: Sequence[Callable[[ev.Event], None]], deploy_id: str,
+            redactor: Redactor) -> Engine:
+    spec = ctx.spec
+    prober = Prober(executor.run_command, haproxy_up_check(lbs))
+    return Engine(
+        the_plan, executor=executor, balancer=lbs, prober=prober,
+        checks=make_checks(ctx, all_vars),
+        settings=Settings(health=spec.health, drain_timeout=spec.haproxy.drain_timeout,
+                          up_timeout=spec.haproxy.up_timeout, force_drain=force_drain,
+                          extravars={}, known_versions=versions),
+        sinks=sinks, deploy_id=deploy_id, redactor=redactor)
+
+
+def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
+           extravars: Mapping[str, Any] | None = None, secret_vars: Sequence[str] = (),
+           on_event: Callable[[ev.Event], None] | None = None,
+           sinks: Sequence[Callable[[ev.Event], None]] = (), state_dir: str | Path | None = None,
+           lock_wait: float = 0.0, install_signal_handlers: bool = True) -> DeployResult:
+    """Takes over a deploy whose controller died: reconciles its journal with the live state.
+
+    A batch caught mid-way is finished if it was upgraded and verified, else rolled back (and,
+    with ``continue_``, run again); then the remaining batches run. Refuses if the spec or the
+    plan changed since the deploy started, or if the deploy is finished.
+
+    Example:
+        >>> resume(load_spec("rollout.yml")).status  # doctest: +SKIP
+        'succeeded'
+    """
+    state = StateDir(Path(state_dir) if state_dir else spec.state_path())
+    record = state.get(deploy_id)
+    events = record.events()
+    if not events:
+        raise InputError(f"deploy {record.deploy_id} never started (empty journal): "
+                         "nothing to resume")
+    if record.closed(events):
+        finished = events[-1]
+        assert isinstance(finished, ev.DeployFinished)
+        raise InputError(f"deploy {record.deploy_id} is finished ({finished.status}): "
+                         "nothing to resume")
+    meta = record.meta()
+    redactor = _redactor(spec, extravars or {}, [*meta.get("secret_vars", []), *secret_vars])
+    if digest(_spec_snapshot(spec, redactor)) != meta["spec_digest"]:
+        raise InputError(f"the spec changed since deploy {record.deploy_id} started; resume "
+                         "refuses to run a different spec (restore it, or start a new deploy)")
+    ctx = Context.resolve(spec, inventory=meta["inventory"], limit=meta.get("limit"))
+    started = next(e for e in events if isinstance(e, ev.DeployStarted))
+    the_plan = plan(spec, version=meta["version"], force=bool(meta.get("force")),
+                    current_versions=started.versions, context=ctx)
+    if digest(the_plan.to_json()) != meta["plan_digest"]:
+        old = [tuple(b["hosts"]) for b in record.snapshot("plan")["batches"]]
+        new = [b.hosts for b in the_plan.batches]
+        raise InputError(f"the plan changed since deploy {record.deploy_id} started (inventory "
+                         f"or hosts): batches were {old}, now {new}; resume refuses")
+    lock = FleetLock(state.root, fleet_key(spec.name, ctx.inventory_source))
+    lock.acquire(deploy_id=record.deploy_id, message=f"resume {record.deploy_id}",
+                 wait=lock_wait)
+    journal = None
+    lbs: Balancer | None = None
+    executor: AnsibleExecutor | None = None
+    try:
+        stop_leftovers(record.runs, meta.get("control_dir"))
+        all_vars = {**spec.vars, **meta.get("extravars", {}), **(extravars or {}),
+                    "rollout_hosts": spec.hosts}
+        names = [*spec.secret_vars, *meta.get("secret_vars", []), *secret_vars]
+        plain_vars, secret_values = _split_secrets(all_vars, names)
+        known = {**previous_versions_from_artifacts(record.runs), **started.versions}
+        lbs = open_balancer(spec)
+        executor = AnsibleExecutor(ctx.inventory_source, work_dir=record.runs,
+                                   extravars=plain_vars, secret_vars=secret_values,
+                                   control_dir=meta.get("control_dir"), redactor=redactor)
+        journal = Journal(record.journal)
+        engine = _engine(ctx, the_plan, executor, lbs, all_vars, known, False,
+                         [journal, *sinks, *([on_event] if on_event else [])],
+                         record.deploy_id, redactor)
+        if not continue_:
+            engine.stop_after_reconcile()
+        with _signals(engine, install_signal_handlers):
+            return engine.run(resume=events)
+    finally:
+        if journal is not None:
+            journal.close()
+        if executor is not None:
+            executor.close()
+        if lbs is not None:
+            lbs.close()
+        lock.release()

@@ -16,11 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout_py import events as ev
-from rollout_py.balancer.fleet import Balancer, Snapshot, not_up, out_of_rotation, wait_until
-from rollout_py.errors import BalancerError
+from rollout_py.balancer.fleet import (
+    Balancer,
+    Recorded,
+    Snapshot,
+    not_up,
+    out_of_rotation,
+    wait_until,
+)
+from rollout_py.errors import BalancerError, JournalError
 from rollout_py.executor import Executor
 from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.probes import Check, Prober, soak, wait_healthy
+from rollout_py.redact import Redactor
 from rollout_py.result import EXIT_CODES, DeployResult, fold
 from rollout_py.spec import HealthSpec
 
@@ -55,6 +63,22 @@ class Settings:
 
 
 @dataclass
+class _RunState:
+    failed: bool = False
+    cause: str | None = None
+    stranded: list[str] = field(default_factory=list)
+
+
+def _recorded(evs: Sequence[ev.Event]) -> Snapshot | None:
+    """The LB state recorded before a batch's drain, from its journal events."""
+    for e in evs:
+        if isinstance(e, ev.DrainStarted) and e.recorded:
+            return {url: {srv: Recorded(str(v[0]), int(v[1])) for srv, v in per.items()}
+                    for url, per in e.recorded.items()}
+    return None
+
+
+@dataclass
 class _Applied:
     """What a batch has applied so far: the undo stack of the saga."""
 
@@ -77,7 +101,7 @@ class Engine:
 
     def __init__(self, plan: Plan, *, executor: Executor, balancer: Balancer, prober: Prober,
                  checks: ChecksFor, settings: Settings, sinks: Sequence[Sink] = (),
-                 deploy_id: str | None = None) -> None:
+                 deploy_id: str | None = None, redactor: Redactor | None = None) -> None:
         self.plan = plan
         self.executor, self.balancer, self.prober = executor, balancer, prober
         self.checks, self.settings = checks, settings
@@ -92,19 +116,27 @@ class Engine:
         self._callback_error: str | None = None
         self._previous: dict[str, str | None] = dict(settings.known_versions)
         self._lock = threading.Lock()
+        self._redactor = redactor or Redactor()
+        self._journal_failed: str | None = None
+        self._current: _Applied | None = None
 
     # --- events --------------------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
         with self._lock:
             self._seq += 1
-            event = cls(deploy_id=self.deploy_id, seq=self._seq, **fields)
+            event = self._redactor.data(cls(deploy_id=self.deploy_id, seq=self._seq, **fields))
             self._events.append(event)
         for sink in self._sinks:
+            critical = getattr(sink, "critical", False)
+            if critical and self._journal_failed:
+                continue
             try:
                 sink(event)
             except Exception as exc:  # a consumer's bug must not strand a batch
-                if getattr(sink, "critical", False):
-                    raise
+                if critical:
+                    # The journal must hold every step: stop before the next action.
+                    self._journal_failed = str(exc)
+                    raise JournalError(str(exc)) from exc
                 if self._callback_error is None:
                     self._callback_error = f"event consumer raised {type(exc).__name__}: {exc}"
                     self._stop_after_batch.set()
@@ -131,24 +163,47 @@ class Engine:
                       "cancel the running step and roll the current batch back now")
             self.emit(ev.Interrupted, signal=signame, count=count, action=action)
 
+    def stop_after_reconcile(self) -> None:
+        """On resume: reconcile the interrupted batch, then stop instead of continuing."""
+        self._stop_after_batch.set()
+
     def _aborted(self) -> bool:
         return self._abort.is_set()
 
     # --- the run -------------------------------------------------------------------------
-    def run(self) -> DeployResult:
+    def run(self, resume: Sequence[ev.Event] | None = None) -> DeployResult:
+        """Runs the plan; with ``resume`` (a dead controller's journal), takes over from it."""
         plan = self.plan
-        self.emit(ev.DeployStarted, name=plan.name, version=plan.version,
-                  batches=tuple(b.hosts for b in plan.batches), skipped=dict(plan.skipped))
         done: list[_Applied] = []
-        failed = False
-        stranded: list[str] = []
-        cause: str | None = None
-        for i, batch in enumerate(plan.batches):
+        state = _RunState()
+        try:
+            if resume is None:
+                self.emit(ev.DeployStarted, name=plan.name, version=plan.version,
+                          batches=tuple(b.hosts for b in plan.batches),
+                          skipped=dict(plan.skipped), versions=dict(self._previous))
+                start = 0
+            else:
+                start = self._reconcile(list(resume), done, state)
+            if not state.failed:
+                self._loop(start, done, state)
+        except JournalError as exc:
+            state.failed = True
+            state.cause = f"{exc}; stopped before the next action"
+            if self._current is not None and self._current.drained:
+                state.stranded += list(self._current.batch.hosts)
+        return self._finish(done, state)
+
+    def _loop(self, start: int, done: list[_Applied], state: _RunState) -> None:
+        plan = self.plan
+        for i in range(start, len(plan.batches)):
+            batch = plan.batches[i]
             self._flush_interrupts()
             if self._stop_after_batch.is_set():
                 break
             applied = _Applied(batch)
+            self._current = applied
             ok, batch_cause, batch_stranded = self._run_batch(applied)
+            self._current = None
             self._flush_interrupts()
             if ok:
                 done.append(applied)
@@ -156,36 +211,143 @@ class Engine:
                     wait_until(lambda: self._stop_after_batch.is_set(),
                                plan.pause_between_batches, 0.1)
                 continue
-            failed, cause = True, batch_cause
-            stranded += batch_stranded
-            if plan.on_failure == "rollback_all":
-                for earlier in reversed(done):
-                    stranded += self._rollback(earlier, f"rollback_all after batch {batch.index}: "
-                                               f"{batch_cause}")
+            state.failed, state.cause = True, batch_cause
+            state.stranded += batch_stranded
+            self._rollback_earlier(done, batch.index, batch_cause or "", state)
             break
+
+    def _rollback_earlier(self, done: list[_Applied], index: int, cause: str,
+                          state: _RunState) -> None:
+        if self.plan.on_failure == "rollback_all":
+            for earlier in reversed(done):
+                state.stranded += self._rollback(
+                    earlier, f"rollback_all after batch {index}: {cause}")
+            done.clear()
+
+    def _finish(self, done: list[_Applied], state: _RunState) -> DeployResult:
         self._flush_interrupts()
         interrupted = self._interrupts > 0 or self._callback_error is not None
-        if stranded:
+        if state.stranded or self._journal_failed:
             status = "failed"
-        elif failed and not interrupted:
+        elif state.failed and not interrupted:
             status = "rolled_back"
-        elif interrupted and (failed or len(done) < len(plan.batches)):
+        elif interrupted and (state.failed or len(done) < len(self.plan.batches)):
             status = "cancelled"
-        elif failed:
+        elif state.failed:
             status = "rolled_back"
+        elif len(done) < len(self.plan.batches):
+            status = "cancelled"  # resumed with continue=False
         else:
             status = "succeeded"
+        cause = state.cause
         if interrupted and cause is None:
             cause = self._callback_error or "interrupted"
+        if status == "cancelled" and cause is None:
+            cause = "stopped after reconciling (resume without continue)"
         self.emit(ev.DeployFinished, status=status, exit_code=EXIT_CODES[status], cause=cause,
-                  stranded=tuple(dict.fromkeys(stranded)))
+                  stranded=tuple(dict.fromkeys(state.stranded)))
         return fold(self._events)
 
-    def _run_batch(self, applied: _Applied) -> tuple[bool, str | None, list[str]]:
+    # --- resume --------------------------------------------------------------------------
+    def _reconcile(self, events: list[ev.Event], done: list[_Applied],
+                   state: _RunState) -> int:
+        """Rebuilds where a dead controller stopped, and finishes or rolls back its batch.
+
+        Returns the index of the first batch still to run.
+        """
+        self._events = list(events)
+        self._seq = max((e.seq for e in events), default=0)
+        by_batch: dict[int, list[ev.Event]] = {}
+        for e in events:
+            if isinstance(e, ev.DeployStarted):
+                for host, version in e.versions.items():
+                    self._previous.setdefault(host, version)
+            index = getattr(e, "batch", None)
+            if isinstance(index, int):
+                by_batch.setdefault(index, []).append(e)
+            if isinstance(e, ev.StepFinished) and e.step == "upgrade":
+                for host, version in e.versions.items():
+                    if version is not None:
+                        self._previous[host] = version
+        failed_at = next((e.batch for e in events if isinstance(e, ev.BatchFailed)), None)
+        rolled = {e.batch for e in events if isinstance(e, ev.RollbackFinished)}
+
+        def applied_of(batch: PlannedBatch) -> _Applied:
+            evs = by_batch.get(batch.index, [])
+            kinds = {type(e) for e in evs}
+            return _Applied(
+                batch, snapshot=_recorded(evs), drained=ev.DrainStarted in kinds,
+                upgraded=any(isinstance(e, ev.StepStarted) and e.step == "upgrade"
+                             for e in evs),
+                enabled=ev.ServersEnabled in kinds)
+
+        succeeded = [applied_of(b) for b in self.plan.batches
+                     if any(isinstance(e, ev.BatchSucceeded) for e in by_batch.get(b.index, []))]
+
+        if failed_at is not None:  # the controller died while unwinding a failure
+            failed = self.plan.batches[failed_at - 1]
+            cause = self._cause_of(by_batch.get(failed_at, [])) or "batch failed"
+            state.failed, state.cause = True, cause
+            pending = failed_at not in rolled
+            self.emit(ev.DeployResumed, batch=failed_at, action="rollback" if pending else "none",
+                      detail=f"batch {failed_at} had failed ({cause}); finishing its rollback"
+                      if pending else f"batch {failed_at} had failed and was rolled back")
+            if pending:
+                state.stranded += self._rollback(applied_of(failed), f"resume: {cause}")
+            done += [a for a in succeeded if a.batch.index not in rolled]
+            self._rollback_earlier(done, failed_at, cause, state)
+            return len(self.plan.batches)
+
+        done += succeeded
+        current = next((b for b in self.plan.batches if b.index in by_batch
+                        and all(a.batch is not b for a in succeeded)), None)
+        if current is None:
+            self.emit(ev.DeployResumed, batch=None, action="none",
+                      detail="no batch was in progress")
+            return len(succeeded)
+        applied = applied_of(current)
+        evs = by_batch[current.index]
+        verified = {e.host for e in evs if isinstance(e, ev.ProbePassed) and e.phase == "verify"}
+        upgrade_ok = any(isinstance(e, ev.StepFinished) and e.step == "upgrade" and e.ok
+                         for e in evs)
+        if upgrade_ok and verified >= set(current.hosts):
+            self.emit(ev.DeployResumed, batch=current.index, action="finish",
+                      detail="upgraded and verified before the controller died: probing "
+                             "again, then enabling")
+            self._current = applied
+            ok, finish_cause, stranded = self._run_batch(applied, finish_only=True)
+            self._current = None
+            if ok:
+                done.append(applied)
+                return current.index
+            state.failed, state.cause, state.stranded = True, finish_cause, stranded
+            self._rollback_earlier(done, current.index, finish_cause or "", state)
+            return len(self.plan.batches)
+        if not applied.drained:
+            self.emit(ev.DeployResumed, batch=current.index, action="none",
+                      detail="nothing of the batch was touched; running it again")
+            return current.index - 1
+        self.emit(ev.DeployResumed, batch=current.index, action="rollback",
+                  detail="caught mid-batch: rolling it back, then running it again")
+        self._current = applied
+        stranded = self._rollback(applied, "resume: the controller died mid-batch")
+        self._current = None
+        if stranded:
+            state.failed, state.cause, state.stranded = True, "rollback on resume failed", stranded
+            return len(self.plan.batches)
+        return current.index - 1
+
+    @staticmethod
+    def _cause_of(evs: Sequence[ev.Event]) -> str | None:
+        return next((e.cause for e in evs if isinstance(e, ev.BatchFailed)), None)
+
+    def _run_batch(self, applied: _Applied, *, finish_only: bool = False
+                   ) -> tuple[bool, str | None, list[str]]:
         batch = applied.batch
-        self.emit(ev.BatchStarted, batch=batch.index, hosts=batch.hosts)
+        if not finish_only:
+            self.emit(ev.BatchStarted, batch=batch.index, hosts=batch.hosts)
         try:
-            durations = self._forward(applied)
+            durations = self._finish_batch(applied) if finish_only else self._forward(applied)
         except BatchFailure as exc:
             failure, cause, hosts = exc.failure, exc.cause, exc.hosts or batch.hosts
         except BalancerError as exc:
@@ -217,9 +379,11 @@ class Engine:
 
         # Drain: no new requests; wait for sessions to end; then MAINT.
         applied.snapshot = self.balancer.snapshot(servers)
+        recorded = {url: {srv: [r.admin, r.weight] for srv, r in per.items()}
+                    for url, per in applied.snapshot.items()}
         applied.drained = True
         self.balancer.set_state(servers, "drain")
-        self.emit(ev.DrainStarted, batch=batch.index, servers=servers)
+        self.emit(ev.DrainStarted, batch=batch.index, servers=servers, recorded=recorded)
         forced = self._wait_drained(servers, force=s.force_drain)
         self.emit(ev.ServersDrained, batch=batch.index, servers=servers, forced=forced)
         self.balancer.set_state(servers, "maint")
@@ -247,6 +411,16 @@ class Engine:
             raise BatchFailure(result.failure_kind(),
                                f"upgrade failed on {', '.join(bad) or 'the batch'}: {first}", bad)
 
+        durations.update(self._finish_batch(applied))
+        durations["total"] = time.monotonic() - t0
+        return {k: round(v, 3) for k, v in durations.items()}
+
+    def _finish_batch(self, applied: _Applied) -> dict[str, float]:
+        """Verify, enable, soak: the part of a batch after its upgrade."""
+        batch, plan, s = applied.batch, self.plan, self.settings
+        servers = batch.servers
+        durations: dict[str, float] = {}
+        t0 = time.monotonic()
         # Verify with our own probes before HAProxy sees the servers again.
         t = time.monotonic()
         self._probe(batch, plan.version, phase="verify")
@@ -264,7 +438,7 @@ class Engine:
             self._probe(batch, plan.version, phase="soak")
             durations["soak"] = time.monotonic() - t
         durations["total"] = time.monotonic() - t0
-        return {k: round(v, 3) for k, v in durations.items()}
+        return durations
 
     def _extravars(self, version: str, batch: int, **more: Any) -> dict[str, Any]:
         return {**self.settings.extravars, "rollout_version": version,

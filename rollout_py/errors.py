@@ -10,6 +10,8 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
     │   ├── SpecError         the rollout spec is invalid (names file, field path, expectation)
     │   └── PreflightError    the fleet is not in a state to deploy to; nothing was touched
     ├── DeployFailedError     raised by DeployResult.raise_for_status() (carries the result)
+    ├── StateError            the state directory or a journal is missing or unreadable
+    │   └── JournalError      a journal write failed: the deploy stops before its next action
     ├── BalancerError         the HAProxy runtime API refused a command or could not be reached
     │   └── UnsafeNameError   a name that would break out of a runtime API command
     └── LabError              the local lab fleet could not be built, driven or torn down
@@ -43,6 +45,14 @@ class DeployFailedError(RolloutError):
         cause = getattr(result, "cause", None)
         super().__init__(f"deploy {status}: {cause or 'see the result'}")
         self.result = result
+
+
+class StateError(RolloutError):
+    """The state directory, or a deploy's journal in it, is missing or unreadable."""
+
+
+class JournalError(StateError):
+    """Writing the journal failed; the deploy stops before its next action."""
 
 
 class BalancerError(RolloutError):

@@ -47,6 +47,7 @@ class DeployStarted(Event):
     version: str
     batches: tuple[tuple[str, ...], ...]
     skipped: dict[str, str]
+    versions: dict[str, str | None] = field(default_factory=dict)  # running before, if known
 
 
 @_frozen
@@ -72,6 +73,8 @@ class DrainStarted(Event):
     kind: ClassVar[str] = "drain_started"
     batch: int
     servers: tuple[str, ...]
+    # LB url -> server -> [admin state, weight] as found before the drain (restored later)
+    recorded: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
 
 @_frozen
@@ -179,6 +182,16 @@ class Interrupted(Event):
 
 
 @_frozen
+class DeployResumed(Event):
+    """``rollout resume`` took over a deploy whose controller died."""
+
+    kind: ClassVar[str] = "deploy_resumed"
+    batch: int | None  # the batch caught mid-way, if any
+    action: str  # what resume does with it: finish | rollback | none
+    detail: str
+
+
+@_frozen
 class DeployFinished(Event):
     kind: ClassVar[str] = "deploy_finished"
     status: str  # succeeded | rolled_back | failed | cancelled
@@ -190,5 +203,5 @@ class DeployFinished(Event):
 ALL_EVENTS: tuple[type[Event], ...] = (
     DeployStarted, BatchStarted, CapacityChecked, DrainStarted, ServersDrained, ServersDisabled,
     StepStarted, StepFinished, ProbePassed, ProbeFailed, ServersEnabled, BatchSucceeded,
-    BatchFailed, RollbackStarted, RollbackFinished, Interrupted, DeployFinished,
+    BatchFailed, RollbackStarted, RollbackFinished, Interrupted, DeployResumed, DeployFinished,
 )

@@ -6,6 +6,8 @@ it and it is neither failed nor unreachable; ``rc == 0`` alone is never trusted.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -13,11 +15,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from rollout_py.redact import Redactor
 from rollout_py.resources import roles_path
 
 Cancel = Callable[[], bool]
@@ -61,6 +64,43 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+@contextlib.contextmanager
+def _secrets_file(secret_vars: Mapping[str, Any]) -> Iterator[str | None]:
+    """Secret variables reach Ansible as ``-e @file`` from a private temporary file, so they
+    are neither on a command line (visible in ps) nor in ansible-runner's artifacts."""
+    if not secret_vars:
+        yield None
+        return
+    tmp = tempfile.mkdtemp(prefix="rollout-secrets-")
+    path = os.path.join(tmp, "vars.json")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(dict(secret_vars), fh)
+        yield f"-e @{path}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def previous_versions_from_artifacts(runs: Path) -> dict[str, str | None]:
+    """``rollout_previous_version`` values reported by set_stats in earlier runs' artifacts
+    (used by resume when the controller died before it could record them)."""
+    found: dict[str, str | None] = {}
+    for event_file in sorted(runs.glob("*-upgrade/artifacts/*/job_events/*.json")):
+        try:
+            data = json.loads(event_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if data.get("event") != "runner_on_ok":
+            continue
+        stats = ((data.get("event_data") or {}).get("res") or {}).get("ansible_stats") or {}
+        value = (stats.get("data") or {}).get("rollout_previous_version")
+        if isinstance(value, dict):
+            for host, version in value.items():  # the first report: before this deploy
+                found.setdefault(str(host), None if version is None else str(version))
+    return found
+
+
 def _short(msg: Any, limit: int = 300) -> str:
     text = " ".join(str(msg).split())
     return text if len(text) <= limit else text[:limit] + "..."
@@ -74,15 +114,23 @@ class AnsibleExecutor:
     """
 
     def __init__(self, inventory: str, *, work_dir: Path,
-                 extravars: Mapping[str, Any] | None = None, forks: int = 50,
-                 verbosity: int = 0) -> None:
+                 extravars: Mapping[str, Any] | None = None,
+                 secret_vars: Mapping[str, Any] | None = None, forks: int = 50,
+                 verbosity: int = 0, control_dir: str | None = None,
+                 redactor: Redactor | None = None) -> None:
         self.inventory = inventory
         self.work_dir = work_dir
         self.extravars = dict(extravars or {})
+        self.secret_vars = dict(secret_vars or {})
         self.forks = forks
         self.verbosity = verbosity
+        self.redactor = redactor or Redactor()
         # Short path: unix socket names are limited to 107 bytes.
-        self.control_dir = tempfile.mkdtemp(prefix="rollout-cp-", dir="/tmp")
+        if control_dir:
+            os.makedirs(control_dir, mode=0o700, exist_ok=True)
+            self.control_dir = control_dir
+        else:
+            self.control_dir = tempfile.mkdtemp(prefix="rollout-cp-", dir="/tmp")
         self._runs = 0
         self._lock = threading.Lock()
 
@@ -144,14 +192,22 @@ class AnsibleExecutor:
 
         extravars = {**self.extravars, **kwargs.pop("extravars", {}),
                      "ansible_control_path_dir": self.control_dir}
-        runner = ansible_runner.run(
-            private_data_dir=str(self._private_dir(label)), inventory=self.inventory,
-            limit=",".join(hosts), extravars=extravars, envvars=self._envvars(),
-            quiet=True, suppress_env_files=True, forks=min(self.forks, max(1, len(hosts))),
-            event_handler=on_event, cancel_callback=cancel or (lambda: False),
-            settings={"pexpect_timeout": 0.2, "suppress_ansible_output": True},
-            verbosity=self.verbosity or None, **kwargs,
-        )
+        private = self._private_dir(label)
+        with _secrets_file(self.secret_vars) as cmdline:
+            try:
+                runner = ansible_runner.run(
+                    private_data_dir=str(private), inventory=self.inventory,
+                    limit=",".join(hosts), extravars=extravars, envvars=self._envvars(),
+                    quiet=True, suppress_env_files=True,
+                    forks=min(self.forks, max(1, len(hosts))),
+                    event_handler=on_event, cancel_callback=cancel or (lambda: False),
+                    settings={"pexpect_timeout": 0.2, "suppress_ansible_output": True},
+                    verbosity=self.verbosity or None, cmdline=cmdline, **kwargs,
+                )
+            finally:
+                # Artifacts are kept for inspection, never with a secret value in them.
+                self.redactor.scrub_tree(private)
+        messages = {h: self.redactor.text(m) for h, m in messages.items()}
         outcomes: dict[str, str] = {}
         stats = runner.stats or {}
         processed = set(stats.get("processed", {}))

@@ -171,6 +171,26 @@ class HAProxySpec(_Model):
         return v
 
 
+class WebhookSpec(_Model):
+    """A Slack-compatible webhook told about a deploy's start, success and/or failure."""
+
+    url: str
+    on: tuple[Literal["start", "success", "failure"], ...] = ("start", "success", "failure")
+    timeout: float = Field(5, gt=0, le=60)
+    retries: int = Field(3, ge=0, le=10)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, not {v!r}")
+        return v
+
+
+class NotifySpec(_Model):
+    webhooks: list[WebhookSpec] = Field(default_factory=list)
+
+
 def _batch_size(value: Any) -> Any:
     if isinstance(value, int | str):
         return _count_or_percent(value, field="batch size")
@@ -198,6 +218,9 @@ class Spec(_Model):
     pause_between_batches: float = Field(0, ge=0, le=86400)
     version_url: str | None = None
     vars: dict[str, Any] = Field(default_factory=dict)
+    secret_vars: list[str] = Field(default_factory=list)  # names whose values are masked
+    state_dir: str | None = None  # default: .rollout beside this file
+    notify: NotifySpec = NotifySpec()
     haproxy: HAProxySpec
     health: HealthSpec = HealthSpec()
     # Where the spec came from (set by load_spec; not a YAML key).
@@ -227,6 +250,9 @@ class Spec(_Model):
             raise ValueError("health.probes: at least one probe is needed: without one a broken "
                              "release would be put back in rotation")
         return self
+
+    def state_path(self) -> Path:
+        return self.path(self.state_dir) if self.state_dir else Path(self.base_dir) / ".rollout"
 
     def path(self, value: str) -> Path:
         """A path from the spec, resolved relative to the spec file's directory."""
