@@ -1,8 +1,8 @@
 """The ``rollout`` command line: parses arguments, calls the API, reports, sets the exit code.
 
 Exit codes: 0 succeeded; 1 failed and rolled back; 2 invalid input or preflight refused
-(nothing touched); 3 rollback incomplete (hosts left out of rotation, listed); 130 interrupted
-after safe unwinding.
+(nothing touched); 3 rollback incomplete (hosts left out of rotation, listed); 4 the fleet is
+locked by another deploy or a hold (named); 130 interrupted after safe unwinding.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import yaml
 from rollout_py import __version__
 from rollout_py.errors import InputError, LabPrerequisiteError, RolloutError
 from rollout_py.lab.cli import lab
+from rollout_py.lock import LockHeldError
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED = 0, 1, 2, 4
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,37 +101,226 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
     return EXIT_OK
 
 
+def _unattended(fn: Any) -> Any:
+    """Options shared by the commands that change the fleet (deploy, resume, rollback)."""
+    for option in reversed([
+        click.option("-e", "--extra-vars", "extra", multiple=True,
+                     help="Extra variables: key=value, @file.yml, or a YAML/JSON mapping."),
+        click.option("--secret-var", "secret_vars", multiple=True, metavar="NAME",
+                     help="A variable whose value must never be written or shown (repeat)."),
+        click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+                     help="State directory (default: .rollout beside the spec)."),
+        click.option("--lock-wait", type=click.FloatRange(0, 86400), default=0.0,
+                     help="Seconds to wait for the fleet's lock (default: fail at once)."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="One JSON event per line, then the result object."),
+        click.option("--log-file", type=click.Path(path_type=Path), default=None,
+                     help="Also append the progress lines to this file."),
+        click.option("--metrics-file", type=click.Path(path_type=Path), default=None,
+                     help="Write a node_exporter textfile with the outcome."),
+        click.option("-v", "--verbose", count=True,
+                     help="More detail (repeat for Ansible's -vvv)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _run(action: Any, *, as_json: bool, log_file: Path | None, metrics_file: Path | None,
+         verbose: int) -> int:
+    """Runs a deploy-like action with the console/JSON/log sinks; reports; writes metrics."""
+    import time
+
+    from rollout_py.metrics import write_metrics
+    from rollout_py.report import console_sink, json_sink, result_json, result_lines
+
+    sinks = [json_sink(sys.stdout) if as_json else console_sink(sys.stdout, verbose=verbose > 0)]
+    log = None
+    if log_file is not None:
+        log = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+        sinks.append(console_sink(log, verbose=True, wall_clock=True))
+    started = time.time()
+    try:
+        result = action(sinks)
+        lines = result_lines(result)
+        if as_json:
+            click.echo(json.dumps(result_json(result)))
+        else:
+            click.echo("\n".join(lines))
+        if log is not None:
+            log.write("\n".join(lines) + "\n")
+        if metrics_file is not None:
+            write_metrics(metrics_file, result, started=started, finished=time.time())
+        return int(result.exit_code)
+    finally:
+        if log is not None:
+            log.close()
+
+
 @cli.command()
 @spec_option
 @version_option
 @inventory_option
 @limit_option
-@click.option("-e", "--extra-vars", "extra", multiple=True,
-              help="Extra variables: key=value, @file.yml, or a YAML/JSON mapping.")
 @force_option
 @click.option("--force-drain", is_flag=True,
               help="After drain_timeout, shut the remaining sessions instead of failing.")
-@click.option("--json", "as_json", is_flag=True,
-              help="One JSON event per line, then the result object.")
-@click.option("-v", "--verbose", count=True, help="More detail (repeat for Ansible's -vvv).")
+@_unattended
 def deploy(spec_file: Path, version: str, inventory: str | None, limit: str | None,
-           extra: tuple[str, ...], force: bool, force_drain: bool, as_json: bool,
-           verbose: int) -> int:
+           force: bool, force_drain: bool, extra: tuple[str, ...], secret_vars: tuple[str, ...],
+           state_dir: Path | None, lock_wait: float, as_json: bool, log_file: Path | None,
+           metrics_file: Path | None, verbose: int) -> int:
     """Roll VERSION out in batches: drain, upgrade, probe, enable; roll back on failure."""
     from rollout_py import api
-    from rollout_py.report import console_sink, json_sink, result_json, result_lines
 
     spec = api.load_spec(spec_file)
     extravars = parse_extravars(extra)
-    sink = json_sink(sys.stdout) if as_json else console_sink(sys.stdout, verbose=verbose > 0)
-    result = api.deploy(spec, version=version, inventory=inventory, limit=limit,
-                        extravars=extravars, force=force, force_drain=force_drain,
-                        sinks=[sink], verbosity=max(0, verbose - 1))
+    return _run(lambda sinks: api.deploy(
+        spec, version=version, inventory=inventory, limit=limit, extravars=extravars,
+        secret_vars=secret_vars, force=force, force_drain=force_drain, sinks=sinks,
+        state_dir=state_dir, lock_wait=lock_wait, verbosity=max(0, verbose - 1)),
+        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose)
+
+
+@cli.command()
+@spec_option
+@click.option("--to", "target", default=None,
+              help="Version to return to (default: the one before the last successful deploy).")
+@inventory_option
+@limit_option
+@_unattended
+def rollback(spec_file: Path, target: str | None, inventory: str | None, limit: str | None,
+             extra: tuple[str, ...], secret_vars: tuple[str, ...], state_dir: Path | None,
+             lock_wait: float, as_json: bool, log_file: Path | None, metrics_file: Path | None,
+             verbose: int) -> int:
+    """Return the whole fleet to the previous (or named) version, with the same safety."""
+    from rollout_py import api
+    from rollout_py.operations import rollback_target
+
+    spec = api.load_spec(spec_file)
+    version = target or rollback_target(spec, state_dir=state_dir)
+    if not as_json:
+        click.echo(f"rolling back to {version}")
+    extravars = parse_extravars(extra)
+    return _run(lambda sinks: api.deploy(
+        spec, version=version, inventory=inventory, limit=limit, extravars=extravars,
+        secret_vars=secret_vars, sinks=sinks, state_dir=state_dir, lock_wait=lock_wait,
+        verbosity=max(0, verbose - 1)),
+        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose)
+
+
+@cli.command()
+@click.argument("deploy_id", required=False)
+@spec_option
+@click.option("--no-continue", is_flag=True,
+              help="Only reconcile the interrupted batch; do not run the remaining ones.")
+@_unattended
+def resume(deploy_id: str | None, spec_file: Path, no_continue: bool, extra: tuple[str, ...],
+           secret_vars: tuple[str, ...], state_dir: Path | None, lock_wait: float,
+           as_json: bool, log_file: Path | None, metrics_file: Path | None,
+           verbose: int) -> int:
+    """Take over a deploy whose controller died (default: the last one)."""
+    from rollout_py import api
+
+    spec = api.load_spec(spec_file)
+    extravars = parse_extravars(extra)
+    return _run(lambda sinks: api.resume(
+        spec, deploy_id, continue_=not no_continue, extravars=extravars,
+        secret_vars=secret_vars, sinks=sinks, state_dir=state_dir, lock_wait=lock_wait),
+        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose)
+
+
+state_option = click.option("--state-dir", type=click.Path(path_type=Path), default=None,
+                            help="State directory (default: .rollout beside the spec).")
+
+
+@cli.command()
+@spec_option
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="JSON (schema rollout.status/1).")
+def status(spec_file: Path, state_dir: Path | None, as_json: bool) -> int:
+    """The current or last deploy beside the live HAProxy state; flags hosts out of rotation."""
+    from rollout_py import api, operations
+
+    info = operations.status(api.load_spec(spec_file), state_dir=state_dir)
     if as_json:
-        click.echo(json.dumps(result_json(result)))
+        click.echo(json.dumps(info, indent=2))
     else:
-        click.echo("\n".join(result_lines(result)))
-    return result.exit_code
+        from rollout_py.report import status_lines
+
+        click.echo("\n".join(status_lines(info)))
+    return EXIT_OK if not info["flagged"] and not info["lb_errors"] else EXIT_FAILED
+
+
+@cli.command()
+@spec_option
+@state_option
+@click.option("-n", "--limit", "count", type=click.IntRange(1), default=None,
+              help="Only the newest N deploys.")
+@click.option("--json", "as_json", is_flag=True, help="JSON (schema rollout.history/1).")
+def history(spec_file: Path, state_dir: Path | None, count: int | None, as_json: bool) -> int:
+    """Past deploys: who, when, version from -> to, outcome, duration, rollback cause."""
+    from rollout_py import api, operations
+
+    info = operations.history(api.load_spec(spec_file), state_dir=state_dir, limit=count)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        from rollout_py.report import history_lines
+
+        click.echo("\n".join(history_lines(info)))
+    return EXIT_OK
+
+
+@cli.group()
+def lock() -> None:
+    """The fleet's deploy lock: who holds it; manual holds."""
+
+
+def _fleet_lock(spec_file: Path, state_dir: Path | None) -> Any:
+    from rollout_py import api
+    from rollout_py.lock import FleetLock, fleet_key
+
+    spec = api.load_spec(spec_file)
+    ctx = api.Context.resolve(spec)
+    root = state_dir or spec.state_path()
+    return FleetLock(root, fleet_key(spec.name, ctx.inventory_source))
+
+
+@lock.command("status")
+@spec_option
+@state_option
+@click.option("--json", "as_json", is_flag=True)
+def lock_status(spec_file: Path, state_dir: Path | None, as_json: bool) -> int:
+    """Who holds the fleet, if anyone (exit 4 if held)."""
+    from dataclasses import asdict
+
+    holder = _fleet_lock(spec_file, state_dir).status()
+    if as_json:
+        click.echo(json.dumps(asdict(holder) if holder else None))
+    else:
+        click.echo(holder.describe() if holder else "free")
+    return EXIT_LOCKED if holder else EXIT_OK
+
+
+@lock.command("acquire")
+@spec_option
+@state_option
+@click.option("-m", "--message", required=True, help="Why (shown to anyone refused).")
+def lock_acquire(spec_file: Path, state_dir: Path | None, message: str) -> int:
+    """Leave a manual hold: deploys are refused until `rollout lock release`."""
+    holder = _fleet_lock(spec_file, state_dir).hold(message=message)
+    click.echo(f"held: {holder.describe()}")
+    return EXIT_OK
+
+
+@lock.command("release")
+@spec_option
+@state_option
+def lock_release(spec_file: Path, state_dir: Path | None) -> int:
+    """Remove a manual hold (a running deploy's lock is released when it ends)."""
+    released = _fleet_lock(spec_file, state_dir).release_hold()
+    click.echo("released" if released else "no manual hold")
+    return EXIT_OK
 
 
 def main() -> None:
@@ -144,6 +334,9 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_INPUT)
+    except LockHeldError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_LOCKED)
     except (InputError, LabPrerequisiteError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_INPUT)

@@ -9,6 +9,8 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
     ├── InputError            bad input from the user; nothing was touched
     │   ├── SpecError         the rollout spec is invalid (names file, field path, expectation)
     │   └── PreflightError    the fleet is not in a state to deploy to; nothing was touched
+    │       └── LockHeldError another deploy or a manual hold has the fleet (rollout_py.lock;
+    │                         carries .holder; the CLI exits 4)
     ├── DeployFailedError     raised by DeployResult.raise_for_status() (carries the result)
     ├── StateError            the state directory or a journal is missing or unreadable
     │   └── JournalError      a journal write failed: the deploy stops before its next action

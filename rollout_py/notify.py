@@ -63,6 +63,8 @@ class Notifier:
         redact: applied to the whole serialized payload before it is sent, and to the keys
             and reasons of the delivery report (webhook URLs often carry a token).
         backoff: the first pause between attempts; it doubles after each retry.
+        history: the deploy's events from before this notifier was attached (on resume, the
+            journal), so that the final message describes the whole deploy.
 
     Example:
         >>> notifier = Notifier([Webhook("https://hooks.example.com/T0/B0/x")])
@@ -72,7 +74,8 @@ class Notifier:
     """
 
     def __init__(self, webhooks: Sequence[Webhook], *,
-                 redact: Callable[[str], str] = _identity, backoff: float = 0.5) -> None:
+                 redact: Callable[[str], str] = _identity, backoff: float = 0.5,
+                 history: Sequence[ev.Event] = ()) -> None:
         for hook in webhooks:
             unknown = set(hook.on) - KINDS
             if unknown:
@@ -80,8 +83,9 @@ class Notifier:
                                  f"not {sorted(unknown)}")
         self._webhooks = tuple(webhooks)
         self._redact = redact
+        self._keys = [redact(hook.url) for hook in self._webhooks]
         self._backoff = backoff
-        self._history: list[ev.Event] = []
+        self._history: list[ev.Event] = list(history)
         self._lock = threading.Lock()
         self._records: list[tuple[str, _Delivery]] = []  # (report key, delivery)
         self._queues: list[queue.SimpleQueue[tuple[str, int, _Delivery] | None]] = []
@@ -108,11 +112,11 @@ class Notifier:
         else:
             return
         upto = len(self._history)
-        for hook, q in zip(self._webhooks, self._queues, strict=True):
+        for hook, key, q in zip(self._webhooks, self._keys, self._queues, strict=True):
             if kind in hook.on:
                 delivery = _Delivery(kind)
                 with self._lock:
-                    self._records.append((self._key(hook), delivery))
+                    self._records.append((key, delivery))
                 q.put((kind, upto, delivery))
 
     # --- the report ------------------------------------------------------------------------
@@ -151,16 +155,13 @@ class Notifier:
             thread.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self._threads):
             self._abandon.set()
-            with self._lock:
-                for _, d in self._records:
-                    if d.state == "pending":
-                        d.state = "abandoned"
+        with self._lock:
+            for _, d in self._records:
+                if d.state == "pending":
+                    d.state = "abandoned"
         return self.deliveries
 
     # --- the worker ------------------------------------------------------------------------
-    def _key(self, hook: Webhook) -> str:
-        return self._redact(hook.url)
-
     def _work(self, hook: Webhook,
               q: queue.SimpleQueue[tuple[str, int, _Delivery] | None]) -> None:
         session: requests.Session | None = None

@@ -66,22 +66,72 @@ def _console_line(e: ev.Event) -> str | None:
             return f"{b} ROLLBACK INCOMPLETE: left in MAINT: {', '.join(e.stranded)} {e.detail}"
         case ev.Interrupted():
             return f"{e.signal} ({e.count}): {e.action}"
+        case ev.DeployResumed():
+            where = f"batch {e.batch}" if e.batch is not None else "no batch in progress"
+            return f"resumed {e.deploy_id} ({where}): {e.action}: {e.detail}"
         case ev.DeployFinished():
             return None
     return None
 
 
-def console_sink(out: IO[str], verbose: bool = False) -> Callable[[ev.Event], None]:
+def console_sink(out: IO[str], verbose: bool = False,
+                 wall_clock: bool = False) -> Callable[[ev.Event], None]:
+    """Progress lines: seconds since start, or UTC timestamps (``wall_clock``, for logs)."""
     start = time.monotonic()
 
     def sink(e: ev.Event) -> None:
         line = _console_line(e)
         if line is None or (not verbose and isinstance(e, ev.ProbePassed)):
             return
-        out.write(f"{time.monotonic() - start:7.1f}s  {line}\n")
+        stamp = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.ts)) if wall_clock
+                 else f"{time.monotonic() - start:7.1f}s")
+        out.write(f"{stamp}  {line}\n")
         out.flush()
 
     return sink
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts)) if ts else "-"
+
+
+def status_lines(info: dict[str, Any]) -> list[str]:
+    lines = [f"fleet {info['fleet']} (state in {info['state_dir']})"]
+    lock = info["lock"]
+    lines.append("lock: " + (f"{lock['kind']} by {lock['user']}@{lock['host']} "
+                             f"{lock.get('deploy_id') or ''} {lock['message']}".rstrip()
+                             if lock else "free"))
+    d = info["deploy"]
+    if d is None:
+        lines.append("no deploy recorded")
+    else:
+        lines.append(f"last deploy {d['deploy_id']} by {d['user']}: "
+                     f"{'/'.join(d['from_versions']) or '?'} -> {d['version']}: {d['status']}"
+                     + (f" ({d['cause']})" if d["cause"] else ""))
+        if d["resumable"]:
+            lines.append(f"  the controller stopped mid-deploy: rollout resume {d['deploy_id']}")
+        if d["stranded"]:
+            lines.append(f"  left out of rotation: {', '.join(d['stranded'])}")
+    for url, servers in info["servers"].items():
+        lines.append(f"{url}:")
+        for name, s in servers.items():
+            lines.append(f"  {name:<12} {s['admin']:<6} {s['op']:<9} weight {s['weight']}")
+    for url, error in info["lb_errors"].items():
+        lines.append(f"{url}: ERROR {error}")
+    for f in info["flagged"]:
+        lines.append(f"FLAGGED {f['server']} on {f['lb']}: {f['problem']}")
+    return lines
+
+
+def history_lines(info: dict[str, Any]) -> list[str]:
+    lines = [f"{'deploy':<24} {'user':<8} {'started':<20} {'from':<10} {'to':<10} "
+             f"{'status':<12} {'duration':>8}  cause"]
+    for d in info["deploys"]:
+        duration = f"{d['duration']:.0f}s" if d["duration"] is not None else "-"
+        lines.append(f"{d['deploy_id']:<24} {d['user'] or '-':<8} {_when(d['started']):<20} "
+                     f"{'/'.join(d['from_versions']) or '-':<10} {d['version'] or '-':<10} "
+                     f"{d['status']:<12} {duration:>8}  {d['rollback_cause'] or ''}")
+    return lines
 
 
 def json_sink(out: IO[str]) -> Callable[[ev.Event], None]:

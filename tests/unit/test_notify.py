@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -242,3 +243,14 @@ def test_redaction_applies_to_the_payload_and_the_report(server: _Server) -> Non
 def test_unknown_kinds_are_refused() -> None:
     with pytest.raises(ValueError, match="kinds"):
         Notifier([Webhook("http://127.0.0.1:1/", on=frozenset({"finish"}))])
+
+
+def test_a_resumed_deploy_is_described_from_its_journal(server: _Server) -> None:
+    *journal, finished = succeeded_events()
+    notifier = Notifier([Webhook(server.url())], history=journal)
+    notifier(ev.DeployResumed(deploy_id="d1", seq=8, batch=None, action="none", detail=""))
+    notifier(dataclasses.replace(finished, seq=9))
+    assert notifier.close(wait=10) == {server.url(): "delivered"}
+    (body,) = server.bodies()
+    assert body["text"] == "rollout web 2.0: succeeded (exit 0)"
+    assert body["rollout"]["hosts"] == {"upgraded": 3, "skipped": 1}

@@ -1,0 +1,156 @@
+"""Reading a fleet's record: ``status`` (last deploy beside the live LB state), ``history``
+(every deploy), and the version ``rollback`` returns to."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rollout_py import events as ev
+from rollout_py.errors import BalancerError, InputError, RolloutError
+from rollout_py.lock import FleetLock, fleet_key
+from rollout_py.result import fold
+from rollout_py.spec import Spec
+from rollout_py.state import DeployRecord, StateDir
+
+STATUS_SCHEMA = "rollout.status/1"
+HISTORY_SCHEMA = "rollout.history/1"
+
+
+def schema(name: str) -> dict[str, Any]:
+    """The JSON Schema documenting ``status`` or ``history`` output."""
+    text = resources.files("rollout_py.schemas").joinpath(f"{name}.schema.json").read_text()
+    return dict(json.loads(text))
+
+
+def _state(spec: Spec, state_dir: str | Path | None) -> StateDir:
+    return StateDir(Path(state_dir) if state_dir else spec.state_path())
+
+
+def summarize(record: DeployRecord, *, running: bool = False) -> dict[str, Any]:
+    """One deploy as ``history`` and ``status`` show it."""
+    meta = record.meta()
+    events = record.events()
+    result = fold(events) if events else None
+    started = events[0].ts if events else meta.get("created")
+    finished = events[-1].ts if events and isinstance(events[-1], ev.DeployFinished) else None
+    befores = sorted({h.before for h in (result.hosts.values() if result else [])
+                      if h.before is not None})
+    rollback_cause = next((e.cause for e in events if isinstance(e, ev.RollbackStarted)), None)
+    if not events:
+        status = "not_started"
+    elif finished is not None and result is not None:
+        status = result.status
+    else:
+        status = "running" if running else "interrupted"
+    return {
+        "deploy_id": record.deploy_id, "user": meta.get("user"), "host": meta.get("host"),
+        "pid": meta.get("pid"), "version": meta.get("version"), "from_versions": befores,
+        "status": status, "exit_code": result.exit_code if result and finished else None,
+        "started": started, "finished": finished,
+        "duration": round(finished - started, 3) if finished and started else None,
+        "cause": result.cause if result and finished else None,
+        "rollback_cause": rollback_cause,
+        "stranded": list(result.stranded) if result and finished else [],
+        "batches": [{"index": b.index, "hosts": list(b.hosts), "outcome": b.outcome}
+                    for b in (result.batches if result else ())],
+        "resumable": bool(events) and finished is None and not running,
+    }
+
+
+def history(spec: Spec, *, state_dir: str | Path | None = None,
+            limit: int | None = None) -> dict[str, Any]:
+    """Every recorded deploy of this spec's state dir, newest first (schema rollout.history/1).
+
+    Example:
+        >>> history(load_spec("rollout.yml"))["deploys"][0]["status"]  # doctest: +SKIP
+        'succeeded'
+    """
+    state = _state(spec, state_dir)
+    running = _running_deploy(spec, state)
+    rows = [summarize(r, running=r.deploy_id == running) for r in reversed(state.deploys())]
+    return {"schema": HISTORY_SCHEMA, "fleet": spec.name, "state_dir": str(state.root),
+            "deploys": rows[:limit] if limit else rows}
+
+
+def _running_deploy(spec: Spec, state: StateDir) -> str | None:
+    from rollout_py.api import Context
+
+    try:
+        inventory = Context.resolve(spec).inventory_source
+    except InputError:
+        inventory = str(spec.path(spec.inventory))
+    holder = FleetLock(state.root, fleet_key(spec.name, inventory)).status()
+    return holder.deploy_id if holder is not None and holder.kind == "deploy" else None
+
+
+def status(spec: Spec, *, state_dir: str | Path | None = None) -> dict[str, Any]:
+    """The last deploy (folded from its journal) beside the live HAProxy state; servers out of
+    rotation are flagged (schema rollout.status/1).
+
+    Example:
+        >>> status(load_spec("rollout.yml"))["flagged"]  # doctest: +SKIP
+        []
+    """
+    from rollout_py.api import Context, open_balancer
+
+    state = _state(spec, state_dir)
+    ctx = Context.resolve(spec)
+    lock = FleetLock(state.root, fleet_key(spec.name, ctx.inventory_source))
+    holder = lock.status()
+    running = holder.deploy_id if holder is not None and holder.kind == "deploy" else None
+    deploys = state.deploys()
+    last = summarize(deploys[-1], running=deploys[-1].deploy_id == running) if deploys else None
+    servers: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    flagged: list[dict[str, str]] = []
+    wanted = set(ctx.servers.values())
+    try:
+        fleet = open_balancer(spec)
+    except RolloutError as exc:
+        errors["*"] = str(exc)
+    else:
+        try:
+            for api in fleet.apis:
+                try:
+                    states = {s.name: s for s in api.servers_state(spec.haproxy.backend)}
+                except BalancerError as exc:
+                    errors[api.url] = str(exc)
+                    continue
+                servers[api.url] = {}
+                for name in sorted(wanted):
+                    st = states.get(name)
+                    if st is None:
+                        flagged.append({"lb": api.url, "server": name, "problem": "missing"})
+                        continue
+                    servers[api.url][name] = {"admin": st.admin, "op": st.op,
+                                              "weight": st.weight, "in_rotation": st.in_rotation}
+                    problem = ("maint" if st.maint else "drained" if st.drain else
+                               "down" if not st.running else "weight 0" if st.weight == 0
+                               else None)
+                    if problem:
+                        flagged.append({"lb": api.url, "server": name, "problem": problem})
+        finally:
+            fleet.close()
+    return {
+        "schema": STATUS_SCHEMA, "fleet": spec.name, "state_dir": str(state.root),
+        "lock": asdict(holder) if holder else None, "deploy": last, "servers": servers,
+        "flagged": flagged, "lb_errors": errors,
+    }
+
+
+def rollback_target(spec: Spec, *, state_dir: str | Path | None = None) -> str:
+    """The version the fleet ran before its last successful deploy (for ``rollout rollback``)."""
+    for row in history(spec, state_dir=state_dir)["deploys"]:
+        if row["status"] != "succeeded":
+            continue
+        befores = [v for v in row["from_versions"] if v != row["version"]]
+        if len(befores) == 1:
+            return str(befores[0])
+        raise InputError(
+            f"deploy {row['deploy_id']} upgraded hosts from several versions "
+            f"({', '.join(befores) or 'unknown'}): name the target with --to VERSION")
+    raise InputError("no successful deploy in the history to roll back from: use --to VERSION")

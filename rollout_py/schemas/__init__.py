@@ -1,0 +1,1 @@
+"""JSON Schemas of rollout_py's machine-readable outputs (status, history)."""
