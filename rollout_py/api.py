@@ -30,7 +30,7 @@ from rollout_py.inventory import Inventory, InventoryHost
 from rollout_py.lock import FleetLock, fleet_key
 from rollout_py.notify import Notifier, Webhook
 from rollout_py.planner import Plan, make_plan
-from rollout_py.preflight import preflight, read_versions
+from rollout_py.preflight import preflight, read_versions, version_reader
 from rollout_py.probes import Check, Prober
 from rollout_py.procs import stop_leftovers
 from rollout_py.redact import Redactor
@@ -305,7 +305,10 @@ def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
         checks=make_checks(ctx, all_vars),
         settings=Settings(health=spec.health, drain_timeout=spec.haproxy.drain_timeout,
                           up_timeout=spec.haproxy.up_timeout, force_drain=force_drain,
-                          extravars={}, known_versions=versions),
+                          extravars={}, known_versions=versions,
+                          version_of=version_reader(ctx) if spec.version_url else None,
+                          stage_tags=spec.stage.tags if spec.stage else None,
+                          switch_tags=spec.stage.switch_tags if spec.stage else None),
         sinks=sinks, deploy_id=deploy_id, redactor=redactor)
 
 

@@ -8,10 +8,11 @@ running step and rolls the batch back at once. A rollback itself is never cancel
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from rollout_py.balancer.fleet import (
     out_of_rotation,
     wait_until,
 )
-from rollout_py.errors import BalancerError, JournalError
+from rollout_py.errors import BalancerError, BalancerUnreachable, JournalError
 from rollout_py.executor import Executor
 from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.probes import Check, Prober, soak, wait_healthy
@@ -39,6 +40,10 @@ ChecksFor = Callable[[str, str], tuple[list[Check], list[Check]]]
 
 def new_deploy_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+class _LBLost(Exception):
+    """An LB stopped answering: nothing more can be done safely; the deploy stops, resumable."""
 
 
 class BatchFailure(Exception):
@@ -59,6 +64,12 @@ class Settings:
     force_drain: bool = False
     extravars: Mapping[str, Any] = field(default_factory=dict)
     known_versions: Mapping[str, str | None] = field(default_factory=dict)
+    # Reads the version a host serves (from the spec's version_url); None when unknown.
+    version_of: Callable[[str], str | None] | None = None
+    # Tags for the stage phase (every host, before any drain) and for the per-batch run.
+    stage_tags: str | None = None
+    switch_tags: str | None = None
+    guard_interval: float = 0.1
     poll: float = 0.1
 
 
@@ -67,6 +78,7 @@ class _RunState:
     failed: bool = False
     cause: str | None = None
     stranded: list[str] = field(default_factory=list)
+    resumable: bool = False
 
 
 def _recorded(evs: Sequence[ev.Event]) -> Snapshot | None:
@@ -184,8 +196,15 @@ class Engine:
                 start = 0
             else:
                 start = self._reconcile(list(resume), done, state)
+            if not state.failed and resume is None and self.settings.stage_tags:
+                self._stage(state)
             if not state.failed:
                 self._loop(start, done, state)
+        except _LBLost as exc:
+            state.failed, state.resumable = True, True
+            state.cause = f"{exc}; stopped: run `rollout resume` once the LB answers again"
+            if self._current is not None and self._current.drained:
+                state.stranded += list(self._current.batch.hosts)
         except JournalError as exc:
             state.failed = True
             state.cause = f"{exc}; stopped before the next action"
@@ -245,7 +264,7 @@ class Engine:
         if status == "cancelled" and cause is None:
             cause = "stopped after reconciling (resume without continue)"
         self.emit(ev.DeployFinished, status=status, exit_code=EXIT_CODES[status], cause=cause,
-                  stranded=tuple(dict.fromkeys(state.stranded)))
+                  stranded=tuple(dict.fromkeys(state.stranded)), resumable=state.resumable)
         return fold(self._events)
 
     # --- resume --------------------------------------------------------------------------
@@ -257,6 +276,11 @@ class Engine:
         """
         self._events = list(events)
         self._seq = max((e.seq for e in events), default=0)
+        # A deploy stopped by a lost LB ends with a resumable DeployFinished: what it was
+        # doing then is simply unfinished.
+        events = [e for e in events if not (
+            (isinstance(e, ev.DeployFinished) and e.resumable)
+            or (isinstance(e, ev.BatchFailed) and e.failure == "balancer_unreachable"))]
         by_batch: dict[int, list[ev.Event]] = {}
         for e in events:
             if isinstance(e, ev.DeployStarted):
@@ -350,6 +374,10 @@ class Engine:
             durations = self._finish_batch(applied) if finish_only else self._forward(applied)
         except BatchFailure as exc:
             failure, cause, hosts = exc.failure, exc.cause, exc.hosts or batch.hosts
+        except BalancerUnreachable as exc:
+            self.emit(ev.BatchFailed, batch=batch.index, failure="balancer_unreachable",
+                      cause=str(exc), hosts=batch.hosts)
+            raise _LBLost(str(exc)) from exc
         except BalancerError as exc:
             failure, cause, hosts = "balancer", str(exc), batch.hosts
         else:
@@ -394,9 +422,10 @@ class Engine:
         t = time.monotonic()
         applied.upgraded = True
         self.emit(ev.StepStarted, batch=batch.index, step="upgrade", hosts=batch.hosts)
-        result = self.executor.run_playbook(
-            plan.playbook, batch.hosts, self._extravars(plan.version, batch.index),
-            label=f"batch{batch.index}-upgrade", cancel=self._aborted)
+        with self._guard(applied):
+            result = self.executor.run_playbook(
+                plan.playbook, batch.hosts, self._extravars(plan.version, batch.index),
+                label=f"batch{batch.index}-upgrade", tags=s.switch_tags, cancel=self._aborted)
         for host in batch.hosts:
             if host in result.previous_versions:
                 self._previous[host] = result.previous_versions[host]
@@ -423,7 +452,8 @@ class Engine:
         t0 = time.monotonic()
         # Verify with our own probes before HAProxy sees the servers again.
         t = time.monotonic()
-        self._probe(batch, plan.version, phase="verify")
+        with self._guard(applied):
+            self._probe(batch, plan.version, phase="verify")
         durations["verify"] = time.monotonic() - t
 
         # Enable: the recorded state and weight on every LB, then HAProxy's own check UP.
@@ -439,6 +469,62 @@ class Engine:
             durations["soak"] = time.monotonic() - t
         durations["total"] = time.monotonic() - t0
         return durations
+
+    def _stage(self, state: _RunState) -> None:
+        """Copies the release to every host of the plan while they still serve: the part of
+        an upgrade that is safe in rotation. Nothing is drained; a failure stops the deploy."""
+        hosts = self.plan.hosts
+        if not hosts:
+            return
+        self.emit(ev.StepStarted, batch=0, step="stage", hosts=hosts)
+        t = time.monotonic()
+        result = self.executor.run_playbook(
+            self.plan.playbook, hosts, self._extravars(self.plan.version, 0),
+            label="stage", tags=self.settings.stage_tags, cancel=self._aborted)
+        self.emit(ev.StepFinished, batch=0, step="stage", ok=result.ok, hosts=result.hosts,
+                  versions={h: result.previous_versions.get(h) for h in hosts},
+                  duration=round(time.monotonic() - t, 3))
+        for host, version in result.previous_versions.items():
+            self._previous.setdefault(host, version)
+        if not result.ok:
+            bad = [h for h, o in result.hosts.items() if o != "ok"]
+            state.failed = True
+            state.cause = (f"staging failed on {', '.join(bad) or 'the fleet'} (nothing was "
+                           f"drained): {next((result.hosts[h] for h in bad), result.status)}")
+
+    @contextlib.contextmanager
+    def _guard(self, applied: _Applied) -> Iterator[None]:
+        """While a batch must stay out of rotation, watches every LB and puts its servers back
+        in MAINT if something (an HAProxy reload without its state) brought them back."""
+        servers = applied.batch.servers
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(self.settings.guard_interval):
+                try:
+                    states = self.balancer.states()
+                except BalancerError:
+                    continue  # the main flow meets (and handles) a lost LB itself
+                found = {f"{url} {s}": per[s].admin for url, per in states.items()
+                         for s in servers if s in per and not per[s].maint}
+                if found:
+                    try:
+                        self.balancer.set_state(servers, "maint")
+                    except BalancerError:
+                        continue
+                    with contextlib.suppress(JournalError):
+                        self.emit(ev.DriftCorrected, batch=applied.batch.index,
+                                  servers=servers, found=found)
+
+        thread = threading.Thread(target=watch, name="maint-guard", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+        if self._journal_failed:
+            raise JournalError(self._journal_failed)
 
     def _extravars(self, version: str, batch: int, **more: Any) -> dict[str, Any]:
         return {**self.settings.extravars, "rollout_version": version,
@@ -546,6 +632,8 @@ class Engine:
                 if stranded:
                     self.balancer.set_state([s for s in servers if host_of[s] in stranded],
                                             "maint")
+        except BalancerUnreachable as exc:
+            raise _LBLost(f"during the rollback of batch {batch.index}: {exc}") from exc
         except BalancerError as exc:
             detail = f"load balancer error during rollback: {exc}"
             stranded = set(batch.hosts)
@@ -579,6 +667,15 @@ class Engine:
                 label=f"batch{batch.index}-rollback", cancel=None)
             outcomes.update(result.hosts)
         stranded |= {h for h, o in outcomes.items() if o != "ok"}
+        # A host the rollback could not reach (or change) may still serve its previous
+        # release untouched, e.g. when SSH died before the upgrade reached it. If the spec's
+        # version_url says so, the probes below decide; otherwise it stays out.
+        if self.settings.version_of is not None:
+            for host in sorted(stranded):
+                previous = self._previous.get(host)
+                if previous is not None and self.settings.version_of(host) == previous:
+                    stranded.discard(host)
+                    outcomes[host] = f"{outcomes[host]} (serves {previous}: verified by probes)"
         self.emit(ev.StepFinished, batch=batch.index, step="rollback", ok=not stranded,
                   hosts=outcomes, versions={h: self._previous.get(h) for h in batch.hosts},
                   duration=round(time.monotonic() - t, 3))

@@ -15,6 +15,7 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
     ├── StateError            the state directory or a journal is missing or unreadable
     │   └── JournalError      a journal write failed: the deploy stops before its next action
     ├── BalancerError         the HAProxy runtime API refused a command or could not be reached
+    │   ├── BalancerUnreachable  the admin socket did not answer (the deploy stops, resumable)
     │   └── UnsafeNameError   a name that would break out of a runtime API command
     └── LabError              the local lab fleet could not be built, driven or torn down
         └── LabPrerequisiteError  root, a command or a kernel feature the lab needs is missing
@@ -59,6 +60,10 @@ class JournalError(StateError):
 
 class BalancerError(RolloutError):
     """The HAProxy runtime API could not be reached or answered with an error."""
+
+
+class BalancerUnreachable(BalancerError):
+    """An LB's admin socket could not be reached (gone, refused, timed out)."""
 
 
 class UnsafeNameError(BalancerError, InputError):

@@ -132,6 +132,17 @@ class ProbeFailed(Event):
 
 
 @_frozen
+class DriftCorrected(Event):
+    """A server that must stay out of rotation was found back in (e.g. HAProxy reloaded
+    without its state) and was put back in MAINT."""
+
+    kind: ClassVar[str] = "drift_corrected"
+    batch: int
+    servers: tuple[str, ...]
+    found: dict[str, str]  # "lb server" -> the admin state found
+
+
+@_frozen
 class ServersEnabled(Event):
     """The servers are back to their recorded admin state and weight, and UP, on every LB."""
 
@@ -198,10 +209,12 @@ class DeployFinished(Event):
     exit_code: int
     cause: str | None
     stranded: tuple[str, ...]
+    resumable: bool = False  # stopped by a lost LB: `rollout resume` completes it
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     DeployStarted, BatchStarted, CapacityChecked, DrainStarted, ServersDrained, ServersDisabled,
-    StepStarted, StepFinished, ProbePassed, ProbeFailed, ServersEnabled, BatchSucceeded,
+    StepStarted, StepFinished, ProbePassed, ProbeFailed, DriftCorrected, ServersEnabled,
+    BatchSucceeded,
     BatchFailed, RollbackStarted, RollbackFinished, Interrupted, DeployResumed, DeployFinished,
 )

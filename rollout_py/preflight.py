@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,8 +18,8 @@ if TYPE_CHECKING:
     from rollout_py.api import Context
 
 
-def read_versions(ctx: Context) -> dict[str, str | None]:
-    """Each targeted host's running version from the spec's ``version_url`` (None if unknown)."""
+def version_reader(ctx: Context) -> Callable[[str], str | None]:
+    """Reads one host's running version from the spec's ``version_url`` (None if unknown)."""
     url = ctx.spec.version_url
     assert url is not None
 
@@ -32,6 +33,12 @@ def read_versions(ctx: Context) -> dict[str, str | None]:
         except requests.RequestException:
             return None
 
+    return one
+
+
+def read_versions(ctx: Context) -> dict[str, str | None]:
+    """Each targeted host's running version from the spec's ``version_url`` (None if unknown)."""
+    one = version_reader(ctx)
     names = [h.name for h in ctx.targets]
     with ThreadPoolExecutor(max_workers=min(32, len(names))) as pool:
         return dict(zip(names, pool.map(one, names), strict=True))

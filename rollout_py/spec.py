@@ -187,6 +187,15 @@ class WebhookSpec(_Model):
         return v
 
 
+class StageSpec(_Model):
+    """Stage before drain: run ``tags`` of the playbook on every host up front, while they
+    serve (copying and unpacking a release is safe in rotation); each batch then runs only
+    ``switch_tags`` while out of rotation. Tasks tagged ``always`` run in both."""
+
+    tags: str = "stage"
+    switch_tags: str = "switch,prune"
+
+
 class NotifySpec(_Model):
     webhooks: list[WebhookSpec] = Field(default_factory=list)
 
@@ -221,6 +230,7 @@ class Spec(_Model):
     secret_vars: list[str] = Field(default_factory=list)  # names whose values are masked
     state_dir: str | None = None  # default: .rollout beside this file
     notify: NotifySpec = NotifySpec()
+    stage: StageSpec | None = None
     haproxy: HAProxySpec
     health: HealthSpec = HealthSpec()
     # Where the spec came from (set by load_spec; not a YAML key).

@@ -135,7 +135,8 @@ class DeployRecord:
 
     def closed(self, events: list[ev.Event] | None = None) -> bool:
         events = self.events() if events is None else events
-        return bool(events) and isinstance(events[-1], ev.DeployFinished)
+        last = events[-1] if events else None
+        return isinstance(last, ev.DeployFinished) and not last.resumable
 
     def snapshot(self, name: str) -> Any:
         return json.loads((self.path / f"{name}.json").read_text())

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
-from rollout_py.errors import BalancerError, InputError
+from rollout_py.errors import BalancerUnreachable, InputError
 
 
 class Transport(Protocol):
@@ -51,7 +51,7 @@ class UnixTransport:
                 sock.sendall(command.encode() + b"\n")
                 return _recv_all(sock).decode(errors="replace")
         except OSError as exc:
-            raise BalancerError(f"{self.url}: {exc.strerror or exc}") from exc
+            raise BalancerUnreachable(f"{self.url}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         return None
@@ -72,7 +72,7 @@ class TcpTransport:
                 sock.sendall(command.encode() + b"\n")
                 return _recv_all(sock).decode(errors="replace")
         except OSError as exc:
-            raise BalancerError(f"{self.url}: {exc.strerror or exc}") from exc
+            raise BalancerUnreachable(f"{self.url}: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         return None
@@ -142,9 +142,11 @@ class SshTransport:
                 err = stderr.read().decode(errors="replace").strip()
             except (OSError, paramiko.SSHException) as exc:
                 self.close_locked()
-                raise BalancerError(f"{self.url}: {exc}") from exc
+                raise BalancerUnreachable(f"{self.url}: {exc}") from exc
         if status != 0:
-            raise BalancerError(f"{self.url}: socat exited {status}: {err or 'no message'}")
+            # socat could not connect to the socket on the LB host.
+            raise BalancerUnreachable(f"{self.url}: socat exited {status}: "
+                                      f"{err or 'no message'}")
         return str(out)
 
     def close_locked(self) -> None:

@@ -19,6 +19,7 @@ class Behaviour:
     """How a release misbehaves; the defaults make a good release."""
 
     health_fail: bool = False
+    health_flap: bool = False  # /health alternates between 200 and 500
     start_delay: float = 0.0
     error_rate: float = 0.0
     crash_on_start: bool = False

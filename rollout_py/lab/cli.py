@@ -80,16 +80,18 @@ def status(lab_dir: Path, as_json: bool) -> int:
 @lab.command()
 @click.argument("version")
 @click.option("--health-fail", is_flag=True, help="/health answers 500.")
+@click.option("--health-flap", is_flag=True, help="/health alternates 200 and 500.")
 @click.option("--start-delay", type=click.FloatRange(0, 3600), default=0.0,
               help="Seconds before the app listens.")
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0,
               help="Share of requests to / that answer 500.")
 @click.option("--crash-on-start", is_flag=True, help="The app exits right after it starts.")
 @dir_option
-def artifact(version: str, health_fail: bool, start_delay: float, error_rate: float,
-             crash_on_start: bool, lab_dir: Path) -> int:
+def artifact(version: str, health_fail: bool, health_flap: bool, start_delay: float,
+             error_rate: float, crash_on_start: bool, lab_dir: Path) -> int:
     """Build release VERSION of the sample app into the lab's artifact store."""
-    behaviour = artifact_mod.Behaviour(health_fail=health_fail, start_delay=start_delay,
+    behaviour = artifact_mod.Behaviour(health_fail=health_fail, health_flap=health_flap,
+                                       start_delay=start_delay,
                                        error_rate=error_rate, crash_on_start=crash_on_start)
     path = artifact_mod.build_artifact(lab_dir.absolute() / "artifacts", version, behaviour)
     click.echo(str(path))
@@ -137,3 +139,78 @@ def load(rps: float, duration: float, keepalive: bool, lb_name: str, url_path: s
             click.echo("  failures:   " + ", ".join(f"{k}: {v}" for k, v in
                                                    summary.failures.items()))
     return 0 if summary.failed == 0 else 1
+
+
+@lab.command()
+@dir_option
+@click.option("--hz", type=click.FloatRange(0.1, 100), default=10.0, show_default=True,
+              help="Samples per second, per LB.")
+@click.option("--duration", type=click.FloatRange(0.1, 86400), default=None,
+              help="Seconds to watch (default: until Ctrl-C).")
+@click.option("--max-unavailable", type=click.IntRange(0), default=None,
+              help="Flag every moment more servers than this are out of rotation (exit 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--records", type=click.Path(path_type=Path), default=None,
+              help="Write every sample as JSON lines here.")
+def watch(lab_dir: Path, hz: float, duration: float | None, max_unavailable: int | None,
+          as_json: bool, records: Path | None) -> int:
+    """Sample every LB's servers at HZ and check capacity; exit 1 on any violation."""
+    import signal
+    import threading
+    import time
+    from datetime import datetime
+
+    from rollout_py.lab.watch import Watcher
+
+    layout = Layout.load(lab_dir.absolute())
+    if layout is None or layout.state != "up":
+        raise click.UsageError(f"no lab up in {lab_dir.absolute()}")
+    done = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: done.set())
+    try:
+        watcher = Watcher.for_lab(layout, max_unavailable=max_unavailable, hz=hz)
+        click.echo(f"watching {', '.join(watcher.names)} (backend {watcher.backend}) at {hz:g} Hz"
+                   + (f" for {duration:g} s" if duration else "; Ctrl-C to stop"), err=True)
+        deadline = None if duration is None else time.monotonic() + duration
+        watcher.start()
+        try:
+            while not done.is_set():
+                left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+                if left <= 0:
+                    break
+                done.wait(left)
+        finally:
+            summary = watcher.stop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if records is not None:
+        summary.write_records(records)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return 1 if summary.violations else 0
+
+    def clock(ts: float) -> str:
+        return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
+
+    click.echo(f"watched {summary.backend} on {', '.join(summary.lbs)} for "
+               f"{summary.stopped - summary.started:.1f} s ({clock(summary.started)} to "
+               f"{clock(summary.stopped)})")
+    for lb in summary.lbs:
+        click.echo(f"  {lb}: {summary.samples[lb]} samples, {summary.rate_hz[lb]:g} Hz, "
+                   f"{summary.errors[lb]} errors")
+    limit = "no limit" if summary.max_unavailable is None else \
+        f"limit {summary.max_unavailable}"
+    click.echo(f"  max out of rotation: {summary.max_out_of_rotation} of {len(summary.servers)} "
+               f"({limit}); min in rotation: {summary.min_in_rotation}")
+    windows = summary.violation_windows()
+    click.echo(f"  violations: {len(windows)} window(s), {len(summary.violations)} moment(s)")
+    for w in windows:
+        click.echo(f"    {clock(w.start)} to {clock(w.end)} ({w.end - w.start:.2f} s): "
+                   f"{w.max_out} out > {w.limit}: {', '.join(w.out_of_rotation)}")
+    click.echo("  out of rotation (seconds):")
+    for srv in summary.servers:
+        spans = summary.out_intervals[srv]
+        states = ", ".join(dict.fromkeys(i.state for i in spans))
+        click.echo(f"    {srv:<8} {summary.total_out_seconds(srv):7.2f}"
+                   + (f"  in {len(spans)} span(s): {states}" if spans else ""))
+    return 1 if summary.violations else 0

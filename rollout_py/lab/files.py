@@ -85,6 +85,9 @@ playbook: {playbook('deploy.yml')}
 batches: [1, "50%", "100%"]
 max_unavailable: "50%"
 on_failure: rollback_batch
+stage:
+  tags: stage
+  switch_tags: switch,prune
 version_url: "http://{{{{ ansible_host }}}}:{APP_PORT}/version"
 haproxy:
   sockets:

@@ -106,7 +106,8 @@ def delete_link(name: str) -> None:
     """Deletes a link if it exists. A veth whose namespace was just deleted vanishes on its own,
     asynchronously, so "cannot find device" here is success."""
     proc = run(["ip", "link", "del", name], check=False)
-    if proc.returncode != 0 and "Cannot find device" not in proc.stderr:
+    if proc.returncode != 0 and not any(m in proc.stderr for m in ("Cannot find device",
+                                                                    "No such device")):
         raise LabError(f"ip link del {name} failed: {proc.stderr.strip()}")
 
 

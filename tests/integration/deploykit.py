@@ -109,3 +109,11 @@ def traffic_before_probe(summary: Summary, events: Sequence[ev.Event],
             bad.append(f"{host} served request {rec.seq} at {rec.sent_at:.3f} "
                        f"(drain {drained[host]:.3f}, probe {verified.get(host)})")
     return bad
+
+
+def traffic_before_probe_json(summary: Summary, events: Sequence[dict[str, Any]],
+                              margin: float = 0.05) -> list[str]:
+    """traffic_before_probe for events read back as JSON (from ``--json`` output)."""
+    from rollout_py.state import decode_event
+
+    return traffic_before_probe(summary, [decode_event(e) for e in events], margin)

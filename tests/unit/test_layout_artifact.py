@@ -56,8 +56,8 @@ def test_artifact_holds_app_and_behaviour(tmp_path: Path) -> None:
     with tarfile.open(path) as tar:
         assert sorted(tar.getnames()) == ["app.py", "release.json"]
         meta = json.load(tar.extractfile("release.json"))  # type: ignore[arg-type]
-    assert meta == {"version": "2.1", "health_fail": False, "start_delay": 0.0,
-                    "error_rate": 0.5, "crash_on_start": False}
+    assert meta == {"version": "2.1", "health_fail": False, "health_flap": False,
+                    "start_delay": 0.0, "error_rate": 0.5, "crash_on_start": False}
 
 
 def test_behaviour_limits() -> None:

@@ -71,7 +71,12 @@ class Handler(BaseHTTPRequestHandler):
         meta = self.server.meta
         url = urlsplit(self.path)
         if url.path == "/health":
-            if meta.get("health_fail"):
+            if meta.get("health_flap"):
+                with self.server.active_lock:
+                    self.server.flap = not getattr(self.server, "flap", False)
+                    healthy = self.server.flap
+                self._reply(200 if healthy else 500, "flapping\n")
+            elif meta.get("health_fail"):
                 self._reply(500, "unhealthy\n")
             else:
                 self._reply(200, "ok\n")

@@ -1,0 +1,114 @@
+"""Fault injection under load: run a deploy (the real CLI), act on its events, and check the
+invariants every scenario shares."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rollout_py.lab import lab as lab_mod
+from rollout_py.lab.layout import Layout
+from rollout_py.lab.load import LoadGenerator, Summary
+from rollout_py.lab.watch import Watcher, WatchSummary
+from rollout_py.procs import processes_mentioning
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = os.environ | {"PYTHONPATH": str(REPO)}
+
+# A hook returns False to keep waiting (the event was not the one it wants).
+Hook = Callable[[dict[str, Any]], bool | None]
+# The running controller's pid, for hooks that signal it.
+CURRENT: dict[str, int] = {}
+
+
+@dataclass
+class Run:
+    """What happened during one faulted deploy."""
+
+    returncode: int
+    events: list[dict[str, Any]]
+    result: dict[str, Any] | None
+    load: Summary
+    watch: WatchSummary
+    stderr: str
+    spec: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def kinds(self) -> list[str]:
+        return [e["event"] for e in self.events]
+
+
+def deploy_under_fault(lab: Layout, spec: Path, version: str, *args: str,
+                       hooks: dict[str, Hook] | None = None, rps: float = 100,
+                       max_unavailable: int = 1, command: str = "deploy") -> Run:
+    """Runs ``rollout deploy --json`` under open-loop load through lb1 while every LB is
+    watched at 10 Hz; ``hooks`` maps an event kind to an action run when it appears."""
+    hooks = dict(hooks or {})
+    watcher = Watcher.for_lab(lab, max_unavailable=max_unavailable).start()
+    load = LoadGenerator(f"http://127.0.0.1:{lab.lbs[0].port}/", rps=rps, duration=3600).start()
+    cmd = [sys.executable, "-m", "rollout_py", command, "-f", str(spec), "--json",
+           *(["--version", version] if command == "deploy" else []), *args]
+    child = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    CURRENT["pid"] = child.pid
+    events: list[dict[str, Any]] = []
+    result = None
+    assert child.stdout is not None and child.stderr is not None
+    try:
+        for line in child.stdout:
+            data = json.loads(line)
+            if "result" in data:
+                result = data["result"]
+                continue
+            events.append(data)
+            hook = hooks.get(data["event"])
+            if hook is not None and hook(data) is not False:
+                del hooks[data["event"]]
+        stderr = child.stderr.read()
+        child.wait(600)
+    finally:
+        if child.poll() is None:  # a hook failed: stop the controller this test started
+            child.send_signal(signal.SIGTERM)
+            child.wait(600)
+        child.stdout.close()
+        child.stderr.close()
+        summary = load.stop()
+        watched = watcher.stop()
+    return Run(child.returncode, events, result, summary, watched, stderr, spec)
+
+
+def check_invariants(lab: Layout, run: Run, *, failed_requests: int = 0) -> None:
+    """The checks every fault scenario makes (besides its own)."""
+    assert run.load.failed == failed_requests, run.load.failures
+    assert not run.watch.violations, run.watch.violations[:5]
+    # Nothing is out of rotation unless `rollout status` reports it.
+    status = json.loads(subprocess.run(
+        [sys.executable, "-m", "rollout_py", "status", "-f", str(run.spec), "--json"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120).stdout)
+    flagged = {(f["lb"], f["server"]) for f in status["flagged"]}
+    for lb in lab.lbs:
+        api = lab_mod.lb_api(lab, lb)
+        try:
+            for s in api.servers_state("app"):
+                if not s.in_rotation:
+                    assert (lb.socket_url, s.name) in flagged, f"{s.name} out, not reported"
+        finally:
+            api.close()
+    # No ansible or ssh process of the deploy outlives it.
+    state = run.spec.parent / ".rollout"
+    assert processes_mentioning(str(state)) == []
+    assert not any(p.name.startswith("rollout-cp-") for p in Path("/tmp").iterdir()
+                   if p.is_dir() and any(d.deploy_id in p.name for d in _deploys(state)))
+
+
+def _deploys(state: Path) -> list[Any]:
+    from rollout_py.state import StateDir
+
+    return StateDir(state).deploys()
