@@ -25,7 +25,7 @@ from rollout_py.balancer.fleet import (
     out_of_rotation,
     wait_until,
 )
-from rollout_py.errors import BalancerError, BalancerUnreachable, JournalError
+from rollout_py.errors import BalancerError, BalancerUnreachable, ControllerError, JournalError
 from rollout_py.executor import Executor
 from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.probes import Check, Prober, soak, wait_healthy
@@ -40,6 +40,11 @@ ChecksFor = Callable[[str, str], tuple[list[Check], list[Check]]]
 
 def new_deploy_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+# Failures of the controller's own infrastructure, not of the release: the deploy stops with
+# what it could not undo reported, and `rollout resume` takes it up again once fixed.
+_INFRA_FAILURES = frozenset({"balancer_unreachable", "controller"})
 
 
 class _LBLost(Exception):
@@ -131,6 +136,7 @@ class Engine:
         self._redactor = redactor or Redactor()
         self._journal_failed: str | None = None
         self._current: _Applied | None = None
+        self._last_failure: str | None = None
 
     # --- events --------------------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
@@ -206,7 +212,7 @@ class Engine:
             if self._current is not None and self._current.drained:
                 state.stranded += list(self._current.batch.hosts)
         except JournalError as exc:
-            state.failed = True
+            state.failed, state.resumable = True, True
             state.cause = f"{exc}; stopped before the next action"
             if self._current is not None and self._current.drained:
                 state.stranded += list(self._current.batch.hosts)
@@ -232,7 +238,10 @@ class Engine:
                 continue
             state.failed, state.cause = True, batch_cause
             state.stranded += batch_stranded
-            self._rollback_earlier(done, batch.index, batch_cause or "", state)
+            if self._last_failure in _INFRA_FAILURES:
+                state.resumable = True  # not the release's fault: resume retries
+            else:
+                self._rollback_earlier(done, batch.index, batch_cause or "", state)
             break
 
     def _rollback_earlier(self, done: list[_Applied], index: int, cause: str,
@@ -280,7 +289,7 @@ class Engine:
         # doing then is simply unfinished.
         events = [e for e in events if not (
             (isinstance(e, ev.DeployFinished) and e.resumable)
-            or (isinstance(e, ev.BatchFailed) and e.failure == "balancer_unreachable"))]
+            or (isinstance(e, ev.BatchFailed) and e.failure in _INFRA_FAILURES))]
         by_batch: dict[int, list[ev.Event]] = {}
         for e in events:
             if isinstance(e, ev.DeployStarted):
@@ -294,7 +303,7 @@ class Engine:
                     if version is not None:
                         self._previous[host] = version
         failed_at = next((e.batch for e in events if isinstance(e, ev.BatchFailed)), None)
-        rolled = {e.batch for e in events if isinstance(e, ev.RollbackFinished)}
+        rolled = {e.batch for e in events if isinstance(e, ev.RollbackFinished) and e.ok}
 
         def applied_of(batch: PlannedBatch) -> _Applied:
             evs = by_batch.get(batch.index, [])
@@ -380,9 +389,12 @@ class Engine:
             raise _LBLost(str(exc)) from exc
         except BalancerError as exc:
             failure, cause, hosts = "balancer", str(exc), batch.hosts
+        except ControllerError as exc:
+            failure, cause, hosts = "controller", str(exc), batch.hosts
         else:
             self.emit(ev.BatchSucceeded, batch=batch.index, durations=durations)
             return True, None, []
+        self._last_failure = failure
         self.emit(ev.BatchFailed, batch=batch.index, failure=failure, cause=cause, hosts=hosts)
         if not (applied.drained or applied.upgraded or applied.enabled or applied.snapshot):
             return False, cause, []  # nothing was touched
@@ -634,6 +646,11 @@ class Engine:
                                             "maint")
         except BalancerUnreachable as exc:
             raise _LBLost(f"during the rollback of batch {batch.index}: {exc}") from exc
+        except ControllerError as exc:
+            detail = f"the controller failed during the rollback: {exc}"
+            stranded = set(batch.hosts)
+            with contextlib.suppress(BalancerError):
+                self.balancer.set_state(servers, "maint")
         except BalancerError as exc:
             detail = f"load balancer error during rollback: {exc}"
             stranded = set(batch.hosts)

@@ -12,6 +12,7 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
     │       └── LockHeldError another deploy or a manual hold has the fleet (rollout_py.lock;
     │                         carries .holder; the CLI exits 4)
     ├── DeployFailedError     raised by DeployResult.raise_for_status() (carries the result)
+    ├── ControllerError       the controller could not run a step (disk full, runner crash)
     ├── StateError            the state directory or a journal is missing or unreadable
     │   └── JournalError      a journal write failed: the deploy stops before its next action
     ├── BalancerError         the HAProxy runtime API refused a command or could not be reached
@@ -48,6 +49,10 @@ class DeployFailedError(RolloutError):
         cause = getattr(result, "cause", None)
         super().__init__(f"deploy {status}: {cause or 'see the result'}")
         self.result = result
+
+
+class ControllerError(RolloutError):
+    """The controller itself could not run a step (its disk is full, the runner crashed)."""
 
 
 class StateError(RolloutError):

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from rollout_py.errors import ControllerError
 from rollout_py.redact import Redactor
 from rollout_py.resources import roles_path
 
 Cancel = Callable[[], bool]
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +194,11 @@ class AnsibleExecutor:
 
         extravars = {**self.extravars, **kwargs.pop("extravars", {}),
                      "ansible_control_path_dir": self.control_dir}
-        private = self._private_dir(label)
+        try:
+            private = self._private_dir(label)
+        except OSError as exc:
+            raise ControllerError(f"cannot create {self.work_dir}/...{label}: "
+                                  f"{exc.strerror or exc}") from exc
         with _secrets_file(self.secret_vars) as cmdline:
             try:
                 runner = ansible_runner.run(
@@ -204,9 +210,13 @@ class AnsibleExecutor:
                     settings={"pexpect_timeout": 0.2, "suppress_ansible_output": True},
                     verbosity=self.verbosity or None, cmdline=cmdline, **kwargs,
                 )
+            except OSError as exc:  # e.g. the state directory is full
+                raise ControllerError(f"ansible-runner failed on the controller: "
+                                      f"{exc.strerror or exc}") from exc
             finally:
                 # Artifacts are kept for inspection, never with a secret value in them.
-                self.redactor.scrub_tree(private)
+                with contextlib.suppress(OSError):
+                    self.redactor.scrub_tree(private)
         messages = {h: self.redactor.text(m) for h, m in messages.items()}
         outcomes: dict[str, str] = {}
         stats = runner.stats or {}

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from rollout_py.balancer.runtime import RuntimeAPI, ServerState
-from rollout_py.errors import BalancerError
+from rollout_py.errors import BalancerError, BalancerUnreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ class HAProxyFleet:
 
     def restore(self, snapshot: Snapshot, servers: Sequence[str]) -> None:
         """Puts each server back to its recorded weight and admin state, on every LB."""
-        errors = []
+        errors: list[BalancerError] = []
         for api in self.apis:
             for server in servers:
                 rec = snapshot[api.url][server]
@@ -100,9 +100,13 @@ class HAProxyFleet:
                     api.set_weight(self.backend, server, rec.weight)
                     api.set_state(self.backend, server, rec.admin.lower())
                 except BalancerError as exc:
-                    errors.append(str(exc))
+                    errors.append(exc)
         if errors:
-            raise BalancerError("; ".join(errors))
+            text = "; ".join(dict.fromkeys(str(e) for e in errors))
+            # An LB that does not answer is not the same failure as one that refuses.
+            if any(isinstance(e, BalancerUnreachable) for e in errors):
+                raise BalancerUnreachable(text)
+            raise BalancerError(text)
 
     def close(self) -> None:
         for api in self.apis:

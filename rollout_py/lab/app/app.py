@@ -83,10 +83,19 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/version":
             self._reply(200, meta["version"] + "\n")
         elif url.path == "/slow":
-            # A long-lived request, for drain tests: /slow?seconds=N
+            # A long-lived request, for drain tests: /slow?seconds=N. The headers (who serves
+            # it) go out at once, the body after N seconds.
             seconds = float(parse_qs(url.query).get("seconds", ["5"])[0])
+            data = f"slow {seconds}s from {self.server.host_name}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("X-Served-By", self.server.host_name)
+            self.send_header("X-Version", meta["version"])
+            self.end_headers()
+            self.wfile.flush()
             time.sleep(min(max(seconds, 0.0), 600.0))
-            self._reply(200, f"slow {seconds}s from {self.server.host_name}\n")
+            self.wfile.write(data)
         elif url.path == "/":
             if random.random() < float(meta.get("error_rate", 0.0)):
                 self._reply(500, "injected error\n")
