@@ -112,16 +112,22 @@ class SshTransport:
             client.load_system_host_keys()
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         sock = None
-        if self._options.bind_address:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.settimeout(self._options.timeout)
-            sock.bind((self._options.bind_address, 0))
-            sock.connect((self._host, self._port))
-        client.connect(
-            self._host, port=self._port, username=self._user,
-            key_filename=self._options.key_filename, timeout=self._options.timeout,
-            allow_agent=False, look_for_keys=self._options.key_filename is None, sock=sock,
-        )
+        try:
+            if self._options.bind_address:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.settimeout(self._options.timeout)
+                sock.bind((self._options.bind_address, 0))
+                sock.connect((self._host, self._port))
+            client.connect(
+                self._host, port=self._port, username=self._user,
+                key_filename=self._options.key_filename, timeout=self._options.timeout,
+                allow_agent=False, look_for_keys=self._options.key_filename is None, sock=sock,
+            )
+        except BaseException:
+            client.close()
+            if sock is not None:
+                sock.close()
+            raise
         return client
 
     def send(self, command: str) -> str:
