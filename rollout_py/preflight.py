@@ -78,13 +78,18 @@ def preflight(ctx: Context, plan: Plan, *, executor: Executor, balancer: Balance
                     f"{plan.max_unavailable}")
 
     if plan.batches and not problems:
-        for path in filter(None, (plan.playbook, plan.rollback_playbook)):
-            error = executor.syntax_check(path)
-            if error:
-                problems.append(f"playbook {path} fails the syntax check: {error}")
-        unreachable = {h: e for h, e in executor.reachable(plan.hosts).items() if e}
-        for host, error in unreachable.items():
-            problems.append(f"SSH to {host}: {error}")
+        # Syntax checks and the SSH round to every host are independent: run them together.
+        books = [p for p in (plan.playbook, plan.rollback_playbook) if p]
+        with ThreadPoolExecutor(max_workers=1 + len(books)) as pool:
+            checks = [pool.submit(executor.syntax_check, path) for path in books]
+            reach = pool.submit(executor.reachable, plan.hosts)
+            for path, fut in zip(books, checks, strict=True):
+                error = fut.result()
+                if error:
+                    problems.append(f"playbook {path} fails the syntax check: {error}")
+            for host, error in reach.result().items():
+                if error:
+                    problems.append(f"SSH to {host}: {error}")
 
     if problems:
         raise PreflightError("preflight refused the deploy; nothing was touched:\n  - "

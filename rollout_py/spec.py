@@ -190,10 +190,11 @@ class WebhookSpec(_Model):
 class StageSpec(_Model):
     """Stage before drain: run ``tags`` of the playbook on every host up front, while they
     serve (copying and unpacking a release is safe in rotation); each batch then runs only
-    ``switch_tags`` while out of rotation. Tasks tagged ``always`` run in both."""
+    ``switch_tags`` while out of rotation. Tasks tagged ``always`` run in both; untagged
+    tasks run with the batch (``untagged`` is in the default switch tags)."""
 
-    tags: str = "stage"
-    switch_tags: str = "switch,prune"
+    tags: str = "stage,prune"
+    switch_tags: str = "switch,untagged"
 
 
 class NotifySpec(_Model):

@@ -86,8 +86,8 @@ batches: [1, "50%", "100%"]
 max_unavailable: "50%"
 on_failure: rollback_batch
 stage:
-  tags: stage
-  switch_tags: switch,prune
+  tags: stage,prune
+  switch_tags: switch,untagged
 version_url: "http://{{{{ ansible_host }}}}:{APP_PORT}/version"
 haproxy:
   sockets:
@@ -98,7 +98,7 @@ haproxy:
   drain_timeout: 30
 health:
   deadline: 30
-  interval: 0.5
+  interval: 0.3
   consecutive: 2
   probes:
     - http: "http://{{{{ ansible_host }}}}:{APP_PORT}/health"
