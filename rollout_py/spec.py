@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -50,22 +51,24 @@ def _count_or_percent(value: int | str, *, field: str, allow_zero: bool = False)
     return f"{pct}%"
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected an http:// or https:// URL, not {value!r}")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class HttpProbe(_Model):
     """GET a URL: status, and optionally a body substring, a regex or JSON fields."""
 
-    http: str
+    http: HttpUrl
     status: int = Field(200, ge=100, le=599)
     body: str | None = None
     match: str | None = None
     json_: dict[str, Any] | None = Field(None, alias="json")
     timeout: float = Field(2.0, gt=0, le=60)
-
-    @field_validator("http")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, not {v!r}")
-        return v
 
     @field_validator("match")
     @classmethod
@@ -174,17 +177,10 @@ class HAProxySpec(_Model):
 class WebhookSpec(_Model):
     """A Slack-compatible webhook told about a deploy's start, success and/or failure."""
 
-    url: str
+    url: HttpUrl
     on: tuple[Literal["start", "success", "failure"], ...] = ("start", "success", "failure")
     timeout: float = Field(5, gt=0, le=60)
     retries: int = Field(3, ge=0, le=10)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, not {v!r}")
-        return v
 
 
 class StageSpec(_Model):
