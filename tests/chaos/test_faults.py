@@ -33,6 +33,7 @@ LabMaker = Callable[..., Layout]
 
 def spec_for(lab: Layout, tmp_path: Path, **overrides: Any) -> Path:
     base = {"batches": [1], "max_unavailable": 1,
+            "stage": {"tags": "stage,prune", "switch_tags": "switch,untagged"},
             "health": {"deadline": 6, "interval": 0.3, "consecutive": 2}}
     return write_spec(lab, tmp_path / "rollout.yml", **{**base, **overrides})
 
