@@ -145,7 +145,8 @@ def test_flapping_health_never_reaches_rotation(chaos_lab: LabMaker, tmp_path: P
 
 class SlowRequests:
     """Long requests held open through lb1: one on every host (the app sends its headers,
-    naming the host, at once and the body 15 s later)."""
+    naming the host, at once and the body 40 s later: longer than preflight, staging and the
+    drain timeout together, so they are in flight when their host is drained)."""
 
     def __init__(self, lab: Layout, hosts: set[str]) -> None:
         import http.client
@@ -157,7 +158,7 @@ class SlowRequests:
             if set(self.conns) == hosts:
                 break
             conn = http.client.HTTPConnection("127.0.0.1", lab.lbs[0].port, timeout=60)
-            conn.request("GET", "/slow?seconds=15")
+            conn.request("GET", "/slow?seconds=40")
             resp = conn.getresponse()  # headers only
             host = str(resp.getheader("X-Served-By"))
             if host in self.conns:
@@ -188,14 +189,10 @@ def test_long_lived_requests_on_a_draining_host(chaos_lab: LabMaker, tmp_path: P
     lab = chaos_lab()
     artifact.build_artifact(lab.artifacts, "2.0")
     spec = spec_for(lab, tmp_path, haproxy={"drain_timeout": 3})
-    held: list[SlowRequests] = []
-
-    def start_slow(event: dict[str, Any]) -> None:
-        held.append(SlowRequests(lab, {"app01", "app02", "app03"}))  # just before the drain
-
+    held = SlowRequests(lab, {"app01", "app02", "app03"})  # in flight before the deploy starts
     args = ["--force-drain", "-l", "app01"] if force else []
-    run = deploy_under_fault(lab, spec, "2.0", *args, hooks={"batch_started": start_slow})
-    outcomes = held[0].outcomes()
+    run = deploy_under_fault(lab, spec, "2.0", *args)
+    outcomes = held.outcomes()
     check_invariants(lab, run)
     if force:  # only the drained host's long request is cut; the deploy goes on
         assert run.returncode == 0, run.stderr
