@@ -14,13 +14,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from rollout_py.errors import ControllerError
+from rollout_py.procs import close_ssh_masters
 from rollout_py.redact import Redactor
 from rollout_py.resources import roles_path
 
@@ -271,9 +271,5 @@ class AnsibleExecutor:
 
     def close(self) -> None:
         """Asks every SSH master this executor's runs opened to exit, then removes their dir."""
-        deadline = time.monotonic() + 20
-        for sock in Path(self.control_dir).glob("*"):
-            if sock.is_socket() and time.monotonic() < deadline:
-                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "host"],
-                               capture_output=True, timeout=10, check=False)
+        close_ssh_masters(Path(self.control_dir).glob("*"))
         shutil.rmtree(self.control_dir, ignore_errors=True)

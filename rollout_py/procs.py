@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,9 +125,16 @@ def stop_leftovers(runs_dir: Path, control_dir: str | None) -> list[int]:
     if control_dir:
         procs += [p for p in processes_mentioning(control_dir) if p.alive()]
     stop_all(procs, timeout=10)
-    if control_dir and os.path.isdir(control_dir):
-        for sock in Path(control_dir).glob("*"):
-            if sock.is_socket():
-                subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "host"],
-                               capture_output=True, timeout=10, check=False)
+    if control_dir:
+        close_ssh_masters(Path(control_dir).glob("*"))
     return [p.pid for p in procs]
+
+
+def close_ssh_masters(sockets: Iterable[Path], *, budget: float = 20.0) -> None:
+    """Asks each OpenSSH multiplexing master (ControlPersist) behind ``sockets`` to exit,
+    instead of letting it linger; non-sockets are skipped, the whole call is time-bounded."""
+    deadline = time.monotonic() + budget
+    for sock in sockets:
+        if sock.is_socket() and time.monotonic() < deadline:
+            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "host"],
+                           capture_output=True, timeout=10, check=False)

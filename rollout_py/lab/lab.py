@@ -11,7 +11,6 @@ import fcntl
 import ipaddress
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -26,6 +25,7 @@ from rollout_py.errors import InputError, LabError, LabPrerequisiteError
 from rollout_py.lab import artifact, files, haproxy, hosts, net
 from rollout_py.lab.layout import APP_PORT, MAX_HOSTS, RUN_ROOT, HostSpec, Layout, LbSpec
 from rollout_py.lab.procs import Proc, run, stop_all
+from rollout_py.procs import close_ssh_masters
 
 INSTALL_HINT = "apt-get install -y haproxy openssh-server openssh-client iproute2 socat util-linux"
 _TOOLS = {
@@ -277,12 +277,8 @@ def _teardown(layout: Layout) -> None:
 
 def _close_ssh_masters(run_dir: Path) -> None:
     """Asks SSH multiplexing masters on lab hosts to exit (they would linger for ControlPersist)."""
-    if not run_dir.exists():
-        return
-    for sock in [*run_dir.glob("cm-*"), *(run_dir / "cp").glob("*")]:
-        if sock.is_socket():
-            subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab-host"],
-                           capture_output=True, timeout=10, check=False)
+    if run_dir.exists():
+        close_ssh_masters([*run_dir.glob("cm-*"), *(run_dir / "cp").glob("*")])
 
 
 def status(lab_dir: Path) -> dict[str, Any]:
