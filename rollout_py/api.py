@@ -10,36 +10,32 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rollout_py import events as ev
-from rollout_py.balancer.fleet import Balancer, HAProxyFleet
-from rollout_py.balancer.runtime import RuntimeAPI, validate_name
-from rollout_py.balancer.transports import SshOptions, open_transport
+from rollout_py.balancer.fleet import Balancer
+from rollout_py.balancer.runtime import validate_name
 from rollout_py.engine import Engine, Settings, new_deploy_id
 from rollout_py.errors import BalancerError, InputError
-from rollout_py.executor import AnsibleExecutor, Executor, previous_versions_from_artifacts
+from rollout_py.executor import Executor, previous_versions_from_artifacts
 from rollout_py.inventory import Inventory, InventoryHost
-from rollout_py.lock import FleetLock, fleet_key
-from rollout_py.notify import Notifier, Webhook
 from rollout_py.planner import Plan, make_plan
 from rollout_py.preflight import preflight, read_versions, version_reader
 from rollout_py.probes import Check, Prober
 from rollout_py.procs import stop_leftovers
 from rollout_py.redact import Redactor
 from rollout_py.result import DeployResult
+from rollout_py.session import FleetSession, open_balancer, redactor_for, ssh_options_for
 from rollout_py.spec import HAProxyProbe, HttpProbe, Spec, TcpProbe, load_spec
-from rollout_py.state import Journal, StateDir, digest
+from rollout_py.state import StateDir, digest
 from rollout_py.validate import validate_version
 
-__all__ = ["Context", "deploy", "load_spec", "plan", "resume"]
+__all__ = ["Context", "deploy", "load_spec", "open_balancer", "plan", "resume",
+           "ssh_options_for"]
 
 
 @dataclass
@@ -102,39 +98,6 @@ def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str |
     )
 
 
-def ssh_options_for(spec: Spec) -> Callable[[str], SshOptions]:
-    """SSH settings for an ``ssh://`` LB socket, from the spec's ssh_config (if any)."""
-    import paramiko
-
-    config = None
-    if spec.haproxy.ssh_config:
-        path = spec.path(spec.haproxy.ssh_config)
-        try:
-            config = paramiko.SSHConfig.from_path(str(path))
-        except OSError as exc:
-            raise InputError(f"haproxy.ssh_config {path}: {exc.strerror or exc}") from exc
-
-    def options(host: str) -> SshOptions:
-        if config is None:
-            return SshOptions()
-        entry = config.lookup(host)
-        keys = entry.get("identityfile") or [None]
-        known = (entry.get("userknownhostsfile") or "").split()
-        return SshOptions(key_filename=keys[0], known_hosts=known[0] if known else None,
-                          bind_address=entry.get("bindaddress"))
-
-    return options
-
-
-def open_balancer(spec: Spec) -> HAProxyFleet:
-    from urllib.parse import urlsplit
-
-    options = ssh_options_for(spec)
-    apis = [RuntimeAPI(open_transport(url, ssh=options(urlsplit(url).hostname or "")))
-            for url in spec.haproxy.sockets]
-    return HAProxyFleet(apis, spec.haproxy.backend)
-
-
 def make_checks(ctx: Context, extravars: Mapping[str, Any]
                 ) -> Callable[[str, str], tuple[list[Check], list[Check]]]:
     """Renders every probe of the spec for a host and a version (``rollout_version``)."""
@@ -183,38 +146,6 @@ def haproxy_up_check(balancer: Balancer) -> Callable[[str], str | None]:
     return up
 
 
-@contextlib.contextmanager
-def _signals(engine: Engine, install: bool) -> Iterator[None]:
-    """SIGINT/SIGTERM go to the engine (first: finish the batch; second: roll back now)."""
-    if not install or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-
-    def handler(signum: int, _frame: Any) -> None:
-        engine.interrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _redactor(spec: Spec, extravars: Mapping[str, Any], secret_names: Sequence[str]) -> Redactor:
-    names = [*spec.secret_vars, *secret_names]
-    return Redactor.for_vars({**spec.vars, **extravars}, names)
-
-
-def _split_secrets(variables: Mapping[str, Any], names: Sequence[str]
-                   ) -> tuple[dict[str, Any], dict[str, Any]]:
-    plain = {k: v for k, v in variables.items() if k not in names}
-    secret = {k: v for k, v in variables.items() if k in names}
-    return plain, secret
-
-
 def _spec_snapshot(spec: Spec, redactor: Redactor) -> dict[str, Any]:
     return redactor.data(spec.model_dump(mode="json", by_alias=True))
 
@@ -229,9 +160,9 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
     """Runs a rolling deploy and returns its result (a failure is a result, not an exception).
 
     Every event is journaled (fsync'd) in the state directory before anyone else sees it; the
-    fleet's lock is held for the whole deploy. Raises InputError (or a subclass, e.g.
-    PreflightError, LockHeldError) when input, lock or preflight refuse the deploy; nothing has
-    been touched then.
+    fleet's locks (the state directory's and a lease on every LB) are held for the whole
+    deploy. Raises InputError (or a subclass, e.g. PreflightError, LockHeldError) when input,
+    lock or preflight refuse the deploy; nothing has been touched then.
 
     Example:
         >>> result = deploy(load_spec("rollout.yml"), version="2.0")  # doctest: +SKIP
@@ -242,56 +173,35 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
     ctx = Context.resolve(spec, inventory=inventory, limit=limit)
     deploy_id = new_deploy_id()
     state = StateDir(Path(state_dir) if state_dir else spec.state_path())
-    all_vars = {**spec.vars, **(extravars or {}), "rollout_hosts": spec.hosts}
-    names = [*spec.secret_vars, *secret_vars]
-    redactor = _redactor(spec, extravars or {}, secret_vars)
-    plain_vars, secret_values = _split_secrets(all_vars, names)
-    lock = FleetLock(state.root, fleet_key(spec.name, ctx.inventory_source))
-    lock.acquire(deploy_id=deploy_id, message=f"deploy {spec.name} {version}", wait=lock_wait)
-    journal: Journal | None = None
-    lbs: Balancer | None = balancer
-    notifier = Notifier([Webhook(url=w.url, on=frozenset(w.on), timeout=w.timeout,
-                                 retries=w.retries) for w in spec.notify.webhooks],
-                        redact=redactor.text) if spec.notify.webhooks else None
     record = None
-    own_executor = executor is None
-    try:
-        lbs = lbs or open_balancer(spec)
-        versions = read_versions(ctx) if spec.version_url else {}
-        the_plan = plan(spec, version=version, force=force, current_versions=versions,
-                        context=ctx)
-        control_dir = f"/tmp/rollout-cp-{deploy_id}"
-        record = state.create(deploy_id, meta={
-            "name": spec.name, "version": version, "inventory": ctx.inventory_source,
-            "limit": limit, "force": force, "spec_file": spec.source,
-            "control_dir": control_dir, "spec_digest": digest(_spec_snapshot(spec, redactor)),
-            "plan_digest": digest(the_plan.to_json()), "extravars": redactor.data(plain_vars),
-            "secret_vars": names}, spec=_spec_snapshot(spec, redactor), plan=the_plan.to_json())
-        executor = executor or AnsibleExecutor(
-            ctx.inventory_source, work_dir=record.runs, extravars=plain_vars,
-            secret_vars=secret_values, verbosity=verbosity, control_dir=control_dir,
-            redactor=redactor)
-        preflight(ctx, the_plan, executor=executor, balancer=lbs)
-        journal = Journal(record.journal)
-        engine = _engine(ctx, the_plan, executor, lbs, all_vars, versions, force_drain,
-                         [journal, *sinks, *([on_event] if on_event else []),
-                          *([notifier] if notifier else [])], deploy_id, redactor)
-        with _signals(engine, install_signal_handlers):
-            return engine.run()
-    except InputError:
-        if record is not None and journal is None:
-            shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
-        raise
-    finally:
-        if journal is not None:
-            journal.close()
-        if own_executor and executor is not None:
-            executor.close()
-        if balancer is None and lbs is not None:
-            lbs.close()
-        if notifier is not None:
-            notifier.close(wait=15)
-        lock.release()
+    with FleetSession(ctx, state=state, extravars=extravars or {}, secret_names=secret_vars,
+                      verbosity=verbosity, lock_wait=lock_wait, sinks=sinks, on_event=on_event,
+                      executor=executor, balancer=balancer,
+                      install_signal_handlers=install_signal_handlers) as session:
+        session.lock(deploy_id=deploy_id, message=f"deploy {spec.name} {version}")
+        try:
+            lbs = session.balancer
+            versions = read_versions(ctx) if spec.version_url else {}
+            the_plan = plan(spec, version=version, force=force, current_versions=versions,
+                            context=ctx)
+            control_dir = f"/tmp/rollout-cp-{deploy_id}"
+            snapshot = _spec_snapshot(spec, session.redactor)
+            record = state.create(deploy_id, meta={
+                "name": spec.name, "version": version, "inventory": ctx.inventory_source,
+                "limit": limit, "force": force, "spec_file": spec.source,
+                "control_dir": control_dir, "spec_digest": digest(snapshot),
+                "plan_digest": digest(the_plan.to_json()),
+                "extravars": session.redactor.data(session.plain_vars),
+                "secret_vars": session.secret_names}, spec=snapshot, plan=the_plan.to_json())
+            runner = session.executor(runs=record.runs, control_dir=control_dir)
+            preflight(ctx, the_plan, executor=runner, balancer=lbs)
+            return session.run(lambda all_sinks: _engine(
+                ctx, the_plan, runner, lbs, session.all_vars, versions, force_drain,
+                all_sinks, deploy_id, session.redactor), record.journal)
+        except InputError:
+            if record is not None and not session.started:
+                shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
+            raise
 
 
 def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
@@ -316,12 +226,17 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
            extravars: Mapping[str, Any] | None = None, secret_vars: Sequence[str] = (),
            on_event: Callable[[ev.Event], None] | None = None,
            sinks: Sequence[Callable[[ev.Event], None]] = (), state_dir: str | Path | None = None,
-           lock_wait: float = 0.0, install_signal_handlers: bool = True) -> DeployResult:
-    """Takes over a deploy whose controller died: reconciles its journal with the live state.
+           lock_wait: float = 0.0, verbosity: int = 0,
+           install_signal_handlers: bool = True) -> DeployResult:
+    """Takes over a stopped deploy: reconciles its journal with the live LB state, then goes on.
 
-    A batch caught mid-way is finished if it was upgraded and verified, else rolled back (and,
-    with ``continue_``, run again); then the remaining batches run. Refuses if the spec or the
-    plan changed since the deploy started, or if the deploy is finished.
+    What it does is decided by ``rollout_py.reconcile``: a server in rotation is drained before
+    anything acts on its host; a batch upgraded and verified is probed again and enabled; a
+    batch caught earlier is rolled back and run again; a failure being unwound is finished;
+    an interrupted stage is staged again. Then, with ``continue_``, the remaining batches run.
+    It takes deploys whose controller died, and deploys that ended resumable: interrupted
+    (exit 130), stopped before a batch (exit 5), or stopped by an infrastructure failure.
+    Refuses if the spec or the plan changed since the deploy started, or if it is finished.
 
     Example:
         >>> resume(load_spec("rollout.yml")).status  # doctest: +SKIP
@@ -339,7 +254,8 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
         raise InputError(f"deploy {record.deploy_id} is finished ({finished.status}): "
                          "nothing to resume")
     meta = record.meta()
-    redactor = _redactor(spec, extravars or {}, [*meta.get("secret_vars", []), *secret_vars])
+    names = [*meta.get("secret_vars", []), *secret_vars]
+    redactor = redactor_for(spec, extravars or {}, names)
     if digest(_spec_snapshot(spec, redactor)) != meta["spec_digest"]:
         raise InputError(f"the spec changed since deploy {record.deploy_id} started; resume "
                          "refuses to run a different spec (restore it, or start a new deploy)")
@@ -352,36 +268,22 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
         new = [b.hosts for b in the_plan.batches]
         raise InputError(f"the plan changed since deploy {record.deploy_id} started (inventory "
                          f"or hosts): batches were {old}, now {new}; resume refuses")
-    lock = FleetLock(state.root, fleet_key(spec.name, ctx.inventory_source))
-    lock.acquire(deploy_id=record.deploy_id, message=f"resume {record.deploy_id}",
-                 wait=lock_wait)
-    journal = None
-    lbs: Balancer | None = None
-    executor: AnsibleExecutor | None = None
-    try:
+    with FleetSession(ctx, state=state,
+                      extravars={**meta.get("extravars", {}), **(extravars or {})},
+                      secret_names=names, verbosity=verbosity, lock_wait=lock_wait,
+                      sinks=sinks, on_event=on_event,
+                      install_signal_handlers=install_signal_handlers) as session:
+        session.lock(deploy_id=record.deploy_id, message=f"resume {record.deploy_id}")
         stop_leftovers(record.runs, meta.get("control_dir"))
-        all_vars = {**spec.vars, **meta.get("extravars", {}), **(extravars or {}),
-                    "rollout_hosts": spec.hosts}
-        names = [*spec.secret_vars, *meta.get("secret_vars", []), *secret_vars]
-        plain_vars, secret_values = _split_secrets(all_vars, names)
         known = {**previous_versions_from_artifacts(record.runs), **started.versions}
-        lbs = open_balancer(spec)
-        executor = AnsibleExecutor(ctx.inventory_source, work_dir=record.runs,
-                                   extravars=plain_vars, secret_vars=secret_values,
-                                   control_dir=meta.get("control_dir"), redactor=redactor)
-        journal = Journal(record.journal)
-        engine = _engine(ctx, the_plan, executor, lbs, all_vars, known, False,
-                         [journal, *sinks, *([on_event] if on_event else [])],
-                         record.deploy_id, redactor)
-        if not continue_:
-            engine.stop_after_reconcile()
-        with _signals(engine, install_signal_handlers):
-            return engine.run(resume=events)
-    finally:
-        if journal is not None:
-            journal.close()
-        if executor is not None:
-            executor.close()
-        if lbs is not None:
-            lbs.close()
-        lock.release()
+        runner = session.executor(runs=record.runs, control_dir=meta.get("control_dir"))
+        lbs = session.balancer
+
+        def engine(all_sinks: Sequence[Callable[[ev.Event], None]]) -> Engine:
+            built = _engine(ctx, the_plan, runner, lbs, session.all_vars, known, False,
+                            all_sinks, record.deploy_id, session.redactor)
+            if not continue_:
+                built.stop_after_reconcile()
+            return built
+
+        return session.run(engine, record.journal, resume=events)

@@ -1,8 +1,9 @@
 """The ``rollout`` command line: parses arguments, calls the API, reports, sets the exit code.
 
-Exit codes: 0 succeeded; 1 failed and rolled back; 2 invalid input or preflight refused
-(nothing touched); 3 rollback incomplete (hosts left out of rotation, listed); 4 the fleet is
-locked by another deploy or a hold (named); 130 interrupted after safe unwinding.
+Exit codes: 0 succeeded; 1 a batch failed and was rolled back; 2 invalid input or preflight
+refused (nothing touched); 3 hosts left out of rotation (listed); 4 the fleet is locked by
+another deploy or a hold (named); 5 stopped before a batch, nothing rolled back (resumable);
+130 interrupted after safe unwinding (resumable).
 """
 
 from __future__ import annotations
@@ -218,14 +219,15 @@ def resume(deploy_id: str | None, spec_file: Path, no_continue: bool, extra: tup
            secret_vars: tuple[str, ...], state_dir: Path | None, lock_wait: float,
            as_json: bool, log_file: Path | None, metrics_file: Path | None,
            verbose: int) -> int:
-    """Take over a deploy whose controller died (default: the last one)."""
+    """Take over a stopped deploy (default: the last one): died, interrupted or stopped."""
     from rollout_py import api
 
     spec = api.load_spec(spec_file)
     extravars = parse_extravars(extra)
     return _run(lambda sinks: api.resume(
         spec, deploy_id, continue_=not no_continue, extravars=extravars,
-        secret_vars=secret_vars, sinks=sinks, state_dir=state_dir, lock_wait=lock_wait),
+        secret_vars=secret_vars, sinks=sinks, state_dir=state_dir, lock_wait=lock_wait,
+        verbosity=max(0, verbose - 1)),
         as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose)
 
 

@@ -25,10 +25,12 @@ from rollout_py.balancer.fleet import (
     out_of_rotation,
     wait_until,
 )
+from rollout_py.balancer.runtime import ServerState
 from rollout_py.errors import BalancerError, BalancerUnreachable, ControllerError, JournalError
 from rollout_py.executor import Executor
 from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.probes import Check, Prober, soak, wait_healthy
+from rollout_py.reconcile import RETRYABLE, exposed_servers, reconcile
 from rollout_py.redact import Redactor
 from rollout_py.result import EXIT_CODES, DeployResult, fold
 from rollout_py.spec import HealthSpec
@@ -42,9 +44,6 @@ def new_deploy_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-# Failures of the controller's own infrastructure, not of the release: the deploy stops with
-# what it could not undo reported, and `rollout resume` takes it up again once fixed.
-_INFRA_FAILURES = frozenset({"balancer_unreachable", "controller"})
 
 
 class _LBLost(Exception):
@@ -86,13 +85,52 @@ class _RunState:
     resumable: bool = False
 
 
-def _recorded(evs: Sequence[ev.Event]) -> Snapshot | None:
-    """The LB state recorded before a batch's drain, from its journal events."""
-    for e in evs:
-        if isinstance(e, ev.DrainStarted) and e.recorded:
-            return {url: {srv: Recorded(str(v[0]), int(v[1])) for srv, v in per.items()}
-                    for url, per in e.recorded.items()}
-    return None
+def _snapshot(recorded: Mapping[str, Mapping[str, Sequence[Any]]] | None) -> Snapshot | None:
+    """The LB state recorded before a batch's drain, from its journal event."""
+    if not recorded:
+        return None
+    return {url: {srv: Recorded(str(v[0]), int(v[1])) for srv, v in per.items()}
+            for url, per in recorded.items()}
+
+
+def _drift(states: Mapping[str, Mapping[str, ServerState]], snapshot: Snapshot | None,
+           servers: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Servers of a batch that must be in MAINT but are not, split in two: back in READY at
+    their recorded weight (what an HAProxy reload without its state does: put back in MAINT),
+    and changed by someone else (a DRAIN, or a weight rollout_py did not set: not fought)."""
+    reloaded: dict[str, str] = {}
+    foreign: dict[str, str] = {}
+    for url, per in states.items():
+        for name in servers:
+            st = per.get(name)
+            if st is None:
+                continue
+            rec = snapshot.get(url, {}).get(name) if snapshot else None
+            if rec is not None and st.weight != rec.weight:
+                foreign[f"{url} {name}"] = (f"{st.admin} weight {st.weight} (expected MAINT "
+                                            f"weight {rec.weight})")
+            elif st.drain and not st.maint:
+                foreign[f"{url} {name}"] = f"DRAIN weight {st.weight} (expected MAINT)"
+            elif not st.maint:
+                reloaded[f"{url} {name}"] = st.admin
+    return reloaded, foreign
+
+
+def _not_up_where_ready(states: Mapping[str, Mapping[str, ServerState]], snapshot: Snapshot,
+                        servers: Sequence[str]) -> list[str]:
+    """Servers that HAProxy does not report UP on an LB where they were recorded in rotation
+    (a server an operator left in MAINT on one LB is expected UP only on the others)."""
+    bad = []
+    for name in servers:
+        for url, per in states.items():
+            rec = snapshot.get(url, {}).get(name)
+            if rec is not None and rec.admin == "MAINT":
+                continue
+            if not not_up({url: per}, [name]):
+                continue
+            bad.append(name)
+            break
+    return bad
 
 
 @dataclass
@@ -137,6 +175,8 @@ class Engine:
         self._journal_failed: str | None = None
         self._current: _Applied | None = None
         self._last_failure: str | None = None
+        self._undid = False  # a rollback ran in this run: the outcome is no mere stop
+        self._foreign: dict[str, str] = {}  # "lb server" -> what someone else set
 
     # --- events --------------------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
@@ -201,7 +241,7 @@ class Engine:
                           skipped=dict(plan.skipped), versions=dict(self._previous))
                 start = 0
             else:
-                start = self._reconcile(list(resume), done, state)
+                start = self._resume(list(resume), done, state)
             if not state.failed and resume is None and self.settings.stage_tags:
                 self._stage(state)
             if not state.failed:
@@ -238,7 +278,7 @@ class Engine:
                 continue
             state.failed, state.cause = True, batch_cause
             state.stranded += batch_stranded
-            if self._last_failure in _INFRA_FAILURES:
+            if self._last_failure in RETRYABLE:
                 state.resumable = True  # not the release's fault: resume retries
             else:
                 self._rollback_earlier(done, batch.index, batch_cause or "", state)
@@ -255,124 +295,98 @@ class Engine:
     def _finish(self, done: list[_Applied], state: _RunState) -> DeployResult:
         self._flush_interrupts()
         interrupted = self._interrupts > 0 or self._callback_error is not None
+        status: ev.Status
         if state.stranded or self._journal_failed:
             status = "failed"
         elif state.failed and not interrupted:
-            status = "rolled_back"
+            status = "rolled_back" if self._undid else "stopped"
         elif interrupted and (state.failed or len(done) < len(self.plan.batches)):
             status = "cancelled"
         elif state.failed:
-            status = "rolled_back"
+            status = "rolled_back" if self._undid else "stopped"
         elif len(done) < len(self.plan.batches):
-            status = "cancelled"  # resumed with continue=False
+            status = "stopped"  # resumed with continue=False
         else:
             status = "succeeded"
         cause = state.cause
         if interrupted and cause is None:
             cause = self._callback_error or "interrupted"
-        if status == "cancelled" and cause is None:
+        if status == "stopped" and cause is None:
             cause = "stopped after reconciling (resume without continue)"
+        # Between batches with every host in rotation: resume continues where it stopped.
+        resumable = state.resumable or status in ("stopped", "cancelled")
         self.emit(ev.DeployFinished, status=status, exit_code=EXIT_CODES[status], cause=cause,
-                  stranded=tuple(dict.fromkeys(state.stranded)), resumable=state.resumable)
+                  stranded=tuple(dict.fromkeys(state.stranded)), resumable=resumable)
         return fold(self._events)
 
     # --- resume --------------------------------------------------------------------------
-    def _reconcile(self, events: list[ev.Event], done: list[_Applied],
-                   state: _RunState) -> int:
-        """Rebuilds where a dead controller stopped, and finishes or rolls back its batch.
-
-        Returns the index of the first batch still to run.
-        """
+    def _resume(self, events: list[ev.Event], done: list[_Applied], state: _RunState) -> int:
+        """Takes over a stopped deploy: executes what ``reconcile`` decides from its journal
+        and the live LB state. Returns the index of the first batch still to run."""
+        plan = self.plan
         self._events = list(events)
         self._seq = max((e.seq for e in events), default=0)
-        # A deploy stopped by a lost LB ends with a resumable DeployFinished: what it was
-        # doing then is simply unfinished.
-        events = [e for e in events if not (
-            (isinstance(e, ev.DeployFinished) and e.resumable)
-            or (isinstance(e, ev.BatchFailed) and e.failure in _INFRA_FAILURES))]
-        by_batch: dict[int, list[ev.Event]] = {}
         for e in events:
             if isinstance(e, ev.DeployStarted):
                 for host, version in e.versions.items():
                     self._previous.setdefault(host, version)
-            index = getattr(e, "batch", None)
-            if isinstance(index, int):
-                by_batch.setdefault(index, []).append(e)
             if isinstance(e, ev.StepFinished) and e.step == "upgrade":
                 for host, version in e.versions.items():
                     if version is not None:
                         self._previous[host] = version
-        failed_at = next((e.batch for e in events if isinstance(e, ev.BatchFailed)), None)
-        rolled = {e.batch for e in events if isinstance(e, ev.RollbackFinished) and e.ok}
-
-        def applied_of(batch: PlannedBatch) -> _Applied:
-            evs = by_batch.get(batch.index, [])
-            kinds = {type(e) for e in evs}
-            return _Applied(
-                batch, snapshot=_recorded(evs), drained=ev.DrainStarted in kinds,
-                upgraded=any(isinstance(e, ev.StepStarted) and e.step == "upgrade"
-                             for e in evs),
-                enabled=ev.ServersEnabled in kinds)
-
-        succeeded = [applied_of(b) for b in self.plan.batches
-                     if any(isinstance(e, ev.BatchSucceeded) for e in by_batch.get(b.index, []))]
-
-        if failed_at is not None:  # the controller died while unwinding a failure
-            failed = self.plan.batches[failed_at - 1]
-            cause = self._cause_of(by_batch.get(failed_at, [])) or "batch failed"
-            state.failed, state.cause = True, cause
-            pending = failed_at not in rolled
-            self.emit(ev.DeployResumed, batch=failed_at, action="rollback" if pending else "none",
-                      detail=f"batch {failed_at} had failed ({cause}); finishing its rollback"
-                      if pending else f"batch {failed_at} had failed and was rolled back")
-            if pending:
-                state.stranded += self._rollback(applied_of(failed), f"resume: {cause}")
-            done += [a for a in succeeded if a.batch.index not in rolled]
-            self._rollback_earlier(done, failed_at, cause, state)
-            return len(self.plan.batches)
-
-        done += succeeded
-        current = next((b for b in self.plan.batches if b.index in by_batch
-                        and all(a.batch is not b for a in succeeded)), None)
-        if current is None:
-            self.emit(ev.DeployResumed, batch=None, action="none",
-                      detail="no batch was in progress")
-            return len(succeeded)
-        applied = applied_of(current)
-        evs = by_batch[current.index]
-        verified = {e.host for e in evs if isinstance(e, ev.ProbePassed) and e.phase == "verify"}
-        upgrade_ok = any(isinstance(e, ev.StepFinished) and e.step == "upgrade" and e.ok
-                         for e in evs)
-        if upgrade_ok and verified >= set(current.hosts):
-            self.emit(ev.DeployResumed, batch=current.index, action="finish",
-                      detail="upgraded and verified before the controller died: probing "
-                             "again, then enabling")
+        exposed = exposed_servers(self.balancer.states(), plan.servers.values())
+        decision = reconcile(events, plan, exposed=exposed, staged=bool(self.settings.stage_tags))
+        if not decision.steps:
+            nxt = decision.next_batch
+            self.emit(ev.DeployResumed, batch=nxt, action="continue" if nxt else "none",
+                      detail=f"nothing to undo: continuing with batch {nxt}" if nxt else
+                      "nothing to undo and no batch left to run")
+        applied_done = {i: _Applied(plan.batches[i - 1], snapshot=_snapshot(
+            decision.recorded.get(i)), drained=True, upgraded=True, enabled=True)
+            for i in decision.done}
+        for step in decision.steps:
+            self.emit(ev.DeployResumed, batch=step.batch, action=step.action, detail=step.detail)
+            if step.action == "stage":
+                self._stage(state)
+                if state.failed:
+                    return len(plan.batches)
+                continue
+            assert step.batch is not None
+            batch = plan.batches[step.batch - 1]
+            if step.action == "finish":
+                applied = _Applied(batch, snapshot=_snapshot(decision.recorded.get(batch.index)),
+                                   drained=True, upgraded=True)
+                self._current = applied
+                ok, cause, stranded = self._run_batch(applied, finish_only=True)
+                self._current = None
+                if ok:
+                    applied_done[batch.index] = applied
+                    continue
+                done += applied_done.values()
+                state.failed, state.cause, state.stranded = True, cause, stranded
+                if self._last_failure not in RETRYABLE:
+                    self._rollback_earlier(done, batch.index, cause or "", state)
+                else:
+                    state.resumable = True
+                return len(plan.batches)
+            applied = _Applied(batch, snapshot=_snapshot(decision.recorded.get(batch.index)),
+                               drained=True, upgraded=step.upgrade, enabled=step.drain)
+            applied_done.pop(batch.index, None)
             self._current = applied
-            ok, finish_cause, stranded = self._run_batch(applied, finish_only=True)
+            stranded = self._rollback(applied, f"resume: {step.detail}")
             self._current = None
-            if ok:
-                done.append(applied)
-                return current.index
-            state.failed, state.cause, state.stranded = True, finish_cause, stranded
-            self._rollback_earlier(done, current.index, finish_cause or "", state)
-            return len(self.plan.batches)
-        if not applied.drained:
-            self.emit(ev.DeployResumed, batch=current.index, action="none",
-                      detail="nothing of the batch was touched; running it again")
-            return current.index - 1
-        self.emit(ev.DeployResumed, batch=current.index, action="rollback",
-                  detail="caught mid-batch: rolling it back, then running it again")
-        self._current = applied
-        stranded = self._rollback(applied, "resume: the controller died mid-batch")
-        self._current = None
-        if stranded:
-            state.failed, state.cause, state.stranded = True, "rollback on resume failed", stranded
-            return len(self.plan.batches)
-        return current.index - 1
-
-    @staticmethod
-    def _cause_of(evs: Sequence[ev.Event]) -> str | None:
-        return next((e.cause for e in evs if isinstance(e, ev.BatchFailed)), None)
+            if stranded:
+                state.stranded += stranded
+        done += sorted(applied_done.values(), key=lambda a: a.batch.index)
+        state.stranded += decision.stranded
+        if decision.failure is not None or state.stranded:
+            # The failure was being unwound: whatever it rolled back counts for the outcome.
+            self._undid |= any(isinstance(e, ev.RollbackStarted) for e in events)
+            state.failed = True
+            state.cause = decision.cause or "a rollback on resume left hosts out of rotation"
+            self._last_failure = decision.failure
+            return len(plan.batches)
+        return (decision.next_batch or len(plan.batches) + 1) - 1
 
     def _run_batch(self, applied: _Applied, *, finish_only: bool = False
                    ) -> tuple[bool, str | None, list[str]]:
@@ -394,6 +408,10 @@ class Engine:
         else:
             self.emit(ev.BatchSucceeded, batch=batch.index, durations=durations)
             return True, None, []
+        if self._foreign:
+            failure, cause = "foreign_change", ("someone else changed servers of the batch: "
+                                                + "; ".join(f"{k}: {v}" for k, v in
+                                                            sorted(self._foreign.items())))
         self._last_failure = failure
         self.emit(ev.BatchFailed, batch=batch.index, failure=failure, cause=cause, hosts=hosts)
         if not (applied.drained or applied.upgraded or applied.enabled or applied.snapshot):
@@ -421,11 +439,16 @@ class Engine:
         applied.snapshot = self.balancer.snapshot(servers)
         recorded = {url: {srv: [r.admin, r.weight] for srv, r in per.items()}
                     for url, per in applied.snapshot.items()}
+        # Out of rotation before we touched it (an operator's DRAIN/MAINT): restored so, and said.
+        found_out = {f"{url} {srv}": r.admin for url, per in applied.snapshot.items()
+                     for srv, r in per.items() if r.admin != "READY"}
         applied.drained = True
+        # Journaled before it is applied: a resume then knows the state to restore.
+        self.emit(ev.DrainStarted, batch=batch.index, servers=servers, recorded=recorded,
+                  found_out=found_out)
         self.balancer.set_state(servers, "drain")
-        self.emit(ev.DrainStarted, batch=batch.index, servers=servers, recorded=recorded)
-        forced = self._wait_drained(servers, force=s.force_drain)
-        self.emit(ev.ServersDrained, batch=batch.index, servers=servers, forced=forced)
+        forced, cut = self._wait_drained(servers, force=s.force_drain)
+        self.emit(ev.ServersDrained, batch=batch.index, servers=servers, forced=forced, cut=cut)
         self.balancer.set_state(servers, "maint")
         self.emit(ev.ServersDisabled, batch=batch.index, servers=servers)
         durations["drain"] = time.monotonic() - t0
@@ -490,9 +513,17 @@ class Engine:
             return
         self.emit(ev.StepStarted, batch=0, step="stage", hosts=hosts)
         t = time.monotonic()
-        result = self.executor.run_playbook(
-            self.plan.playbook, hosts, self._extravars(self.plan.version, 0),
-            label="stage", tags=self.settings.stage_tags, cancel=self._aborted)
+        try:
+            result = self.executor.run_playbook(
+                self.plan.playbook, hosts, self._extravars(self.plan.version, 0),
+                label="stage", tags=self.settings.stage_tags, cancel=self._aborted)
+        except ControllerError as exc:
+            self.emit(ev.StepFinished, batch=0, step="stage", ok=False,
+                      hosts=dict.fromkeys(hosts, f"not run: {exc}"), versions={},
+                      duration=round(time.monotonic() - t, 3))
+            state.failed, state.resumable = True, True
+            state.cause = f"staging stopped (nothing was drained): the controller failed: {exc}"
+            return
         self.emit(ev.StepFinished, batch=0, step="stage", ok=result.ok, hosts=result.hosts,
                   versions={h: result.previous_versions.get(h) for h in hosts},
                   duration=round(time.monotonic() - t, 3))
@@ -501,6 +532,7 @@ class Engine:
         if not result.ok:
             bad = [h for h, o in result.hosts.items() if o != "ok"]
             state.failed = True
+            state.resumable = result.failure_kind() in RETRYABLE
             state.cause = (f"staging failed on {', '.join(bad) or 'the fleet'} (nothing was "
                            f"drained): {next((result.hosts[h] for h in bad), result.status)}")
 
@@ -517,16 +549,23 @@ class Engine:
                     states = self.balancer.states()
                 except BalancerError:
                     continue  # the main flow meets (and handles) a lost LB itself
-                found = {f"{url} {s}": per[s].admin for url, per in states.items()
-                         for s in servers if s in per and not per[s].maint}
-                if found:
+                reloaded, foreign = _drift(states, applied.snapshot, servers)
+                if foreign and not self._foreign:
+                    self._foreign.update(foreign)
+                    self._abort.set()  # cancels the running step; the batch stops
+                    with contextlib.suppress(JournalError):
+                        self.emit(ev.ForeignChange, batch=applied.batch.index,
+                                  servers=tuple(sorted({k.split(" ", 1)[1] for k in foreign})),
+                                  found=foreign)
+                    return
+                if reloaded:
                     try:
                         self.balancer.set_state(servers, "maint")
                     except BalancerError:
                         continue
                     with contextlib.suppress(JournalError):
                         self.emit(ev.DriftCorrected, batch=applied.batch.index,
-                                  servers=servers, found=found)
+                                  servers=servers, found=reloaded)
 
         thread = threading.Thread(target=watch, name="maint-guard", daemon=True)
         thread.start()
@@ -542,7 +581,10 @@ class Engine:
         return {**self.settings.extravars, "rollout_version": version,
                 "rollout_deploy_id": self.deploy_id, "rollout_batch": batch, **more}
 
-    def _wait_drained(self, servers: Sequence[str], *, force: bool) -> tuple[str, ...]:
+    def _wait_drained(self, servers: Sequence[str], *, force: bool
+                      ) -> tuple[tuple[str, ...], dict[str, dict[str, int]]]:
+        """Waits for the servers' sessions to end; with ``force``, shuts those left after the
+        timeout. Returns the servers whose sessions were shut and, per LB, how many."""
         left: dict[str, int] = {}
 
         def drained() -> bool:
@@ -551,7 +593,7 @@ class Engine:
             return not left
 
         if wait_until(drained, self.settings.drain_timeout, self.settings.poll, self._aborted):
-            return ()
+            return (), {}
         if self._aborted():
             raise BatchFailure("cancelled", "interrupted while draining")
         if not force:
@@ -559,20 +601,22 @@ class Engine:
                                f"{self.settings.drain_timeout:g} s: "
                                + ", ".join(f"{k} {v}" for k, v in sorted(left.items())),
                                tuple(left))
-        self.balancer.shutdown_sessions(tuple(left))
+        forced = tuple(sorted(left))
+        cut = {url: {s: n for s, n in per.items() if n}
+               for url, per in self.balancer.sessions_by_lb(forced).items()}
+        self.balancer.shutdown_sessions(forced)
         wait_until(drained, 10, self.settings.poll)
-        return tuple(sorted(left))
+        return forced, {url: per for url, per in cut.items() if per}
 
     def _enable(self, applied: _Applied) -> None:
         assert applied.snapshot is not None
         servers = applied.batch.servers
         self.balancer.restore(applied.snapshot, servers)
-        expect_up = [s for s in servers
-                     if any(per[s].admin != "MAINT" for per in applied.snapshot.values())]
+        snapshot = applied.snapshot
         bad: list[str] = []
 
         def up() -> bool:
-            bad[:] = not_up(self.balancer.states(), expect_up)
+            bad[:] = _not_up_where_ready(self.balancer.states(), snapshot, servers)
             return not bad
 
         if not wait_until(up, self.settings.up_timeout, self.settings.poll, self._aborted):
@@ -614,36 +658,44 @@ class Engine:
     def _rollback(self, applied: _Applied, cause: str) -> list[str]:
         """Undoes what the batch applied, newest first. Returns hosts left out of rotation."""
         batch = applied.batch
-        servers = batch.servers
-        host_of = dict(zip(servers, batch.hosts, strict=True))
+        host_of = dict(zip(batch.servers, batch.hosts, strict=True))
         self.emit(ev.RollbackStarted, batch=batch.index, hosts=batch.hosts, cause=cause)
-        stranded: set[str] = set()
+        self._undid = True
+        # Servers someone else changed meanwhile are left as found and reported, not fought.
+        foreign = {k.split(" ", 1)[1] for k in self._foreign} & set(batch.servers)
+        servers = tuple(s for s in batch.servers if s not in foreign)
+        stranded: set[str] = {host_of[s] for s in foreign}
         detail = ""
+        if foreign:
+            detail = "left as found, changed by someone else: " + "; ".join(
+                f"{k}: {v}" for k, v in sorted(self._foreign.items()))
         try:
-            if applied.enabled:  # undo enable: out of rotation again, gently
+            if applied.enabled and servers:  # undo enable: out of rotation again, gently
                 self.balancer.set_state(servers, "drain")
                 left = self.balancer.sessions(servers)
                 if any(left.values()):
                     wait_until(lambda: not any(self.balancer.sessions(servers).values()),
                                self.settings.drain_timeout, self.settings.poll)
                 self.balancer.set_state(servers, "maint")
-            if applied.upgraded:  # undo upgrade: the previous release on every batch host
-                stranded |= self._undo_upgrade(batch)
+            if applied.upgraded and servers:  # undo upgrade: the previous release
+                stranded |= self._undo_upgrade(batch, [host_of[s] for s in servers])
             if applied.snapshot is not None:  # undo drain: recorded state, UP again
                 healthy = [s for s in servers if host_of[s] not in stranded]
                 if healthy:
                     self.balancer.restore(applied.snapshot, healthy)
-                expect_up = [s for s in healthy
-                             if any(p[s].admin != "MAINT" for p in applied.snapshot.values())]
-                if expect_up and not wait_until(
-                        lambda: not not_up(self.balancer.states(), expect_up),
+                snap = applied.snapshot
+                if healthy and not wait_until(
+                        lambda: not _not_up_where_ready(self.balancer.states(), snap, healthy),
                         self.settings.up_timeout, self.settings.poll):
-                    late = not_up(self.balancer.states(), expect_up)
+                    late = _not_up_where_ready(self.balancer.states(), snap, healthy)
                     detail = f"HAProxy did not report {', '.join(late)} UP after the rollback"
                     stranded |= {host_of[s] for s in late}
                 if stranded:
                     self.balancer.set_state([s for s in servers if host_of[s] in stranded],
                                             "maint")
+            elif servers:  # no recorded state to go back to: they stay out, reported
+                stranded |= {host_of[s] for s in servers}
+                detail = "no LB state was recorded before the drain: left in MAINT"
         except BalancerUnreachable as exc:
             raise _LBLost(f"during the rollback of batch {batch.index}: {exc}") from exc
         except ControllerError as exc:
@@ -659,17 +711,17 @@ class Engine:
                   stranded=tuple(ordered), detail=detail)
         return ordered
 
-    def _undo_upgrade(self, batch: PlannedBatch) -> set[str]:
+    def _undo_upgrade(self, batch: PlannedBatch, batch_hosts: Sequence[str]) -> set[str]:
         plan = self.plan
         stranded: set[str] = set()
-        self.emit(ev.StepStarted, batch=batch.index, step="rollback", hosts=batch.hosts)
+        self.emit(ev.StepStarted, batch=batch.index, step="rollback", hosts=tuple(batch_hosts))
         t = time.monotonic()
         outcomes: dict[str, str] = {}
         if plan.rollback_playbook:
-            groups: dict[str | None, list[str]] = {plan.version: list(batch.hosts)}
+            groups: dict[str | None, list[str]] = {plan.version: list(batch_hosts)}
         else:
             groups = {}
-            for host in batch.hosts:
+            for host in batch_hosts:
                 groups.setdefault(self._previous.get(host), []).append(host)
         for version, hosts in groups.items():
             if version is None:
@@ -694,9 +746,9 @@ class Engine:
                     stranded.discard(host)
                     outcomes[host] = f"{outcomes[host]} (serves {previous}: verified by probes)"
         self.emit(ev.StepFinished, batch=batch.index, step="rollback", ok=not stranded,
-                  hosts=outcomes, versions={h: self._previous.get(h) for h in batch.hosts},
+                  hosts=outcomes, versions={h: self._previous.get(h) for h in batch_hosts},
                   duration=round(time.monotonic() - t, 3))
-        to_probe = [h for h in batch.hosts if h not in stranded]
+        to_probe = [h for h in batch_hosts if h not in stranded]
         if to_probe:
             results = self._probe(batch, {h: self._previous.get(h) for h in to_probe},
                                   phase="rollback", hosts=to_probe)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+# How a deploy ended; rollout_py.result.EXIT_CODES maps each to the command's exit code.
+Status = Literal["succeeded", "rolled_back", "stopped", "failed", "cancelled"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +78,9 @@ class DrainStarted(Event):
     servers: tuple[str, ...]
     # LB url -> server -> [admin state, weight] as found before the drain (restored later)
     recorded: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    # "LB server" -> DRAIN | MAINT: already out of rotation before the deploy touched it; it is
+    # deployed to and then restored to that state, not put back in rotation
+    found_out: dict[str, str] = field(default_factory=dict)
 
 
 @_frozen
@@ -83,6 +89,7 @@ class ServersDrained(Event):
     batch: int
     servers: tuple[str, ...]
     forced: tuple[str, ...] = ()  # servers whose remaining sessions were shut
+    cut: dict[str, dict[str, int]] = field(default_factory=dict)  # LB -> server -> sessions cut
 
 
 @_frozen
@@ -143,6 +150,17 @@ class DriftCorrected(Event):
 
 
 @_frozen
+class ForeignChange(Event):
+    """Someone else changed a server of the batch while it was out of rotation (a DRAIN or a
+    weight rollout_py did not set): the deploy stops and leaves those servers as found."""
+
+    kind: ClassVar[str] = "foreign_change"
+    batch: int
+    servers: tuple[str, ...]
+    found: dict[str, str]  # "lb server" -> what was found, e.g. "DRAIN weight 1 (expected MAINT)"
+
+
+@_frozen
 class ServersEnabled(Event):
     """The servers are back to their recorded admin state and weight, and UP, on every LB."""
 
@@ -197,24 +215,25 @@ class DeployResumed(Event):
     """``rollout resume`` took over a deploy whose controller died."""
 
     kind: ClassVar[str] = "deploy_resumed"
-    batch: int | None  # the batch caught mid-way, if any
-    action: str  # what resume does with it: finish | rollback | none
+    batch: int | None  # the batch the action is about, if any
+    action: str  # stage | finish | undo | continue | none (see rollout_py.reconcile)
     detail: str
 
 
 @_frozen
 class DeployFinished(Event):
     kind: ClassVar[str] = "deploy_finished"
-    status: str  # succeeded | rolled_back | failed | cancelled
+    status: Status
     exit_code: int
     cause: str | None
     stranded: tuple[str, ...]
-    resumable: bool = False  # stopped by a lost LB: `rollout resume` completes it
+    resumable: bool = False  # `rollout resume` takes it up (after a stop, an interrupt, ...)
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
     DeployStarted, BatchStarted, CapacityChecked, DrainStarted, ServersDrained, ServersDisabled,
-    StepStarted, StepFinished, ProbePassed, ProbeFailed, DriftCorrected, ServersEnabled,
+    StepStarted, StepFinished, ProbePassed, ProbeFailed, DriftCorrected, ForeignChange,
+    ServersEnabled,
     BatchSucceeded,
     BatchFailed, RollbackStarted, RollbackFinished, Interrupted, DeployResumed, DeployFinished,
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rollout_py.result import EXIT_CODES, DeployResult
 
-STATUSES = tuple(EXIT_CODES)  # succeeded, rolled_back, failed, cancelled
+STATUSES = tuple(EXIT_CODES)  # succeeded, rolled_back, failed, stopped, cancelled
 OUTCOMES = ("upgraded", "rolled_back", "untouched", "skipped", "stranded", "failed")
 _ROLLED_BACK_BATCHES = ("rolled_back", "rollback_failed")
 
@@ -54,7 +54,8 @@ def render(result: DeployResult, *, started: float, finished: float) -> str:
          "Status of the last deploy: 1 for its status, 0 for the others.",
          [({"status": s}, 1 if result.status == s else 0) for s in STATUSES]),
         ("rollout_last_deploy_exit_code",
-         "Exit code of the last deploy (0 succeeded, 1 rolled back, 3 failed, 130 cancelled).",
+         "Exit code of the last deploy (0 succeeded, 1 rolled back, 3 failed, 5 stopped, "
+         "130 cancelled).",
          [({}, result.exit_code)]),
         ("rollout_last_deploy_duration_seconds",
          "Wall-clock duration of the last deploy in seconds.", [({}, finished - started)]),

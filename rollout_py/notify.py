@@ -22,8 +22,8 @@ from rollout_py.result import DeployResult, fold
 
 KINDS = frozenset({"start", "success", "failure"})
 GAVE_UP = "pending (gave up waiting)"
-_COLORS = {"succeeded": "good", "rolled_back": "warning", "cancelled": "warning",
-           "failed": "danger"}
+_COLORS = {"succeeded": "good", "rolled_back": "warning", "stopped": "warning",
+           "cancelled": "warning", "failed": "danger"}
 
 
 def _identity(text: str) -> str:

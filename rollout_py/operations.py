@@ -57,7 +57,8 @@ def summarize(record: DeployRecord, *, running: bool = False) -> dict[str, Any]:
         "stranded": list(result.stranded) if result and finished else [],
         "batches": [{"index": b.index, "hosts": list(b.hosts), "outcome": b.outcome}
                     for b in (result.batches if result else ())],
-        "resumable": bool(events) and finished is None and not running,
+        "resumable": (bool(events) and finished is None and not running)
+                     or bool(result and finished and result.resumable),
     }
 
 

@@ -37,8 +37,16 @@ def _console_line(e: ev.Event) -> str | None:
         case ev.CapacityChecked():
             return (f"{b} capacity: {e.taking_out} out of rotation during the batch "
                     f"(max {e.max_unavailable})")
+        case ev.DrainStarted():
+            if not e.found_out:
+                return None
+            return (f"{b} already out of rotation before the deploy, restored so afterwards: "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(e.found_out.items())))
         case ev.ServersDrained():
-            forced = f" (sessions shut: {', '.join(e.forced)})" if e.forced else ""
+            cut = "; ".join(f"{url}: " + ", ".join(f"{s} {n}" for s, n in sorted(per.items()))
+                            for url, per in sorted(e.cut.items()))
+            forced = (f" (sessions shut after the drain timeout: {cut})" if cut else
+                      f" (sessions shut: {', '.join(e.forced)})" if e.forced else "")
             return f"{b} drained {', '.join(e.servers)}{forced}"
         case ev.ServersDisabled():
             return f"{b} MAINT {', '.join(e.servers)}"
@@ -52,8 +60,12 @@ def _console_line(e: ev.Event) -> str | None:
             return f"{b} probe {e.host}: healthy ({e.phase})"
         case ev.ProbeFailed():
             return f"{b} probe {e.host}: FAILED ({e.phase}): {e.detail}"
+        case ev.ForeignChange():
+            return (f"{b} STOPPING: someone else changed {', '.join(e.servers)}: "
+                    + "; ".join(f"{k}: {v}" for k, v in sorted(e.found.items()))
+                    + " (left as found, not fought)")
         case ev.ServersEnabled():
-            return f"{b} back in rotation: {', '.join(e.servers)}"
+            return f"{b} back to their recorded state: {', '.join(e.servers)}"
         case ev.BatchSucceeded():
             return f"{b} done in {e.durations.get('total', 0):.1f} s"
         case ev.BatchFailed():
@@ -62,12 +74,12 @@ def _console_line(e: ev.Event) -> str | None:
             return f"{b} rolling back {', '.join(e.hosts)}"
         case ev.RollbackFinished():
             if e.ok:
-                return f"{b} rolled back; every host back in rotation"
+                return f"{b} rolled back; its servers back to their recorded state"
             return f"{b} ROLLBACK INCOMPLETE: left in MAINT: {', '.join(e.stranded)} {e.detail}"
         case ev.Interrupted():
             return f"{e.signal} ({e.count}): {e.action}"
         case ev.DeployResumed():
-            where = f"batch {e.batch}" if e.batch is not None else "no batch in progress"
+            where = f"batch {e.batch}" if e.batch is not None else "the deploy"
             return f"resumed {e.deploy_id} ({where}): {e.action}: {e.detail}"
         case ev.DeployFinished():
             return None
@@ -109,7 +121,7 @@ def status_lines(info: dict[str, Any]) -> list[str]:
                      f"{'/'.join(d['from_versions']) or '?'} -> {d['version']}: {d['status']}"
                      + (f" ({d['cause']})" if d["cause"] else ""))
         if d["resumable"]:
-            lines.append(f"  the controller stopped mid-deploy: rollout resume {d['deploy_id']}")
+            lines.append(f"  resumable: rollout resume {d['deploy_id']}")
         if d["stranded"]:
             lines.append(f"  left out of rotation: {', '.join(d['stranded'])}")
     for url, servers in info["servers"].items():
@@ -144,7 +156,8 @@ def json_sink(out: IO[str]) -> Callable[[ev.Event], None]:
 
 def result_lines(result: DeployResult) -> list[str]:
     lines = [f"{result.status} (exit {result.exit_code})"
-             + (f": {result.cause}" if result.cause else "")]
+             + (f": {result.cause}" if result.cause else ""),
+             f"  fleet: {result.fleet_state}"]
     by_outcome: dict[str, list[str]] = {}
     for host in result.hosts.values():
         by_outcome.setdefault(host.outcome, []).append(
@@ -154,6 +167,8 @@ def result_lines(result: DeployResult) -> list[str]:
         lines.append(f"  {outcome}: {', '.join(hosts)}")
     if result.stranded:
         lines.append(f"  OUT OF ROTATION (MAINT), fix by hand: {', '.join(result.stranded)}")
+    if result.resumable:
+        lines.append(f"  continue with: rollout resume {result.deploy_id}")
     return lines
 
 

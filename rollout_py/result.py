@@ -9,7 +9,21 @@ from typing import Any
 from rollout_py import events as ev
 from rollout_py.errors import DeployFailedError
 
-EXIT_CODES = {"succeeded": 0, "rolled_back": 1, "failed": 3, "cancelled": 130}
+EXIT_CODES: dict[ev.Status, int] = {"succeeded": 0, "rolled_back": 1, "failed": 3, "stopped": 5,
+                                    "cancelled": 130}
+
+# The state the fleet is left in, for each status (the README's exit-code table says the same).
+FLEET_STATE: dict[ev.Status, str] = {
+    "succeeded": "every targeted host serves the new version, in rotation",
+    "rolled_back": "a batch failed and was rolled back: every host is in rotation; hosts of "
+                   "earlier batches keep the new version unless on_failure is rollback_all",
+    "stopped": "stopped before a batch, nothing rolled back: every host is in rotation; "
+               "batches before it serve the new version, the rest the old one; "
+               "`rollout resume` continues",
+    "failed": "hosts are out of rotation (MAINT) on an unknown release: listed in stranded",
+    "cancelled": "interrupted between batches: every host is in rotation; finished batches "
+                 "serve the new version; `rollout resume` continues",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +46,8 @@ class BatchResult:
 
 @dataclass(frozen=True, slots=True)
 class DeployResult:
-    """What a deploy did. ``status`` is succeeded | rolled_back | failed | cancelled.
+    """What a deploy did. ``status`` is succeeded | rolled_back | stopped | failed | cancelled;
+    ``fleet_state`` says what each means for the fleet.
 
     Example:
         >>> result = rollout_py.deploy(spec, version="2.0")  # doctest: +SKIP
@@ -42,13 +57,19 @@ class DeployResult:
     deploy_id: str
     name: str
     version: str
-    status: str
+    status: ev.Status
     exit_code: int
     cause: str | None
     failure: str | None  # the failure class of the first failed batch
     hosts: dict[str, HostResult]
     batches: tuple[BatchResult, ...]
     stranded: tuple[str, ...]
+    resumable: bool = False  # `rollout resume` (rollout_py.resume) takes the deploy up again
+
+    @property
+    def fleet_state(self) -> str:
+        """What the status means for the fleet, in one sentence."""
+        return FLEET_STATE[self.status]
 
     def raise_for_status(self) -> None:
         """Raises DeployFailedError unless the deploy succeeded."""
@@ -64,7 +85,8 @@ class DeployResult:
 def fold(events: Iterable[ev.Event]) -> DeployResult:
     """Folds a deploy's events into its result (also for a journal read back from disk)."""
     deploy_id = name = version = ""
-    status, exit_code, cause, failure = "failed", 3, None, None
+    status: ev.Status = "failed"
+    exit_code, cause, failure, resumable = 3, None, None, False
     stranded: tuple[str, ...] = ()
     hosts: dict[str, dict[str, Any]] = {}
     batches: dict[int, dict[str, Any]] = {}
@@ -80,7 +102,7 @@ def fold(events: Iterable[ev.Event]) -> DeployResult:
             for h in e.skipped:
                 hosts[h] = {"host": h, "before": version, "after": version, "outcome": "skipped"}
         elif isinstance(e, ev.BatchStarted):
-            batches[e.batch]["started"] = e.ts
+            batches[e.batch].update(started=e.ts, finished=None, outcome="not_started")
         elif isinstance(e, ev.StepFinished):
             for h, before in e.versions.items():
                 if e.step == "upgrade" and h in hosts:
@@ -108,11 +130,11 @@ def fold(events: Iterable[ev.Event]) -> DeployResult:
                     hosts[h].update(after=hosts[h]["before"], outcome="rolled_back")
         elif isinstance(e, ev.DeployFinished):
             status, exit_code, stranded = e.status, e.exit_code, e.stranded
-            cause = e.cause or cause
+            cause, resumable = e.cause or cause, e.resumable
     return DeployResult(
         deploy_id=deploy_id, name=name, version=version, status=status, exit_code=exit_code,
         cause=cause, failure=failure,
         hosts={h: HostResult(**v) for h, v in hosts.items()},
         batches=tuple(BatchResult(**b) for _, b in sorted(batches.items())),
-        stranded=stranded,
+        stranded=stranded, resumable=resumable,
     )

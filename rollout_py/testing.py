@@ -2,7 +2,11 @@
 
 ``FakeFleet`` couples them the way a real fleet does: a host serves the version its last
 playbook run installed; HAProxy reports a server UP only if that host is healthy; probes pass
-only on healthy hosts. Every side effect is appended to ``fleet.log`` as a short line.
+only on healthy hosts. Every side effect is appended to ``fleet.log`` as a short line, and a
+playbook run that upgrades or rolls back a host whose server is not in MAINT on every LB is
+appended to ``fleet.violations`` (the invariant every deploy must keep). A run labelled
+``stage`` only copies the release (``fleet.staged``); with ``require_stage`` an upgrade fails on
+a host where its release was not staged, as a real switch-only playbook does.
 
 Example:
     >>> fleet = FakeFleet(["web1", "web2"], version="1.0")
@@ -46,12 +50,23 @@ class FakeFleet:
     sticky_sessions: dict[str, int] = field(default_factory=dict)  # server -> sessions left
     balancer_fails_on: str | None = None  # e.g. "maint": that command raises BalancerError
     hooks: dict[str, Callable[[], None]] = field(default_factory=dict)  # log line -> once
+    require_stage: bool = False
     log: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.versions: dict[str, str | None] = dict.fromkeys(self.hosts, self.version)
         self.servers: dict[str, dict[str, FakeServer]] = {
             lb: {h: FakeServer() for h in self.hosts} for lb in self.lbs}
+        self.staged: dict[str, set[str]] = {h: set() for h in self.hosts}
+
+    def check_out_of_rotation(self, step: str, hosts: Sequence[str]) -> None:
+        """Records a violation for each host not in MAINT on every LB (server name = host)."""
+        for host in hosts:
+            found = {lb: srv[host].admin for lb, srv in self.servers.items()
+                     if srv[host].admin != "MAINT"}
+            if found:
+                self.violations.append(f"{step} {host} while {found}")
 
     def record(self, line: str) -> None:
         self.log.append(line)
@@ -106,8 +121,15 @@ class FakeExecutor:
                      cancel: Cancel | None = None) -> RunResult:
         version = str(extravars["rollout_version"])
         rollback = bool(extravars.get("rollout_rollback"))
+        if label == "stage":
+            self.fleet.record(f"stage {','.join(hosts)} -> {version}")
+            for host in hosts:
+                self.fleet.staged[host].add(version)
+            return RunResult("successful", 0, dict.fromkeys(hosts, "ok"),
+                             {h: self.fleet.versions[h] for h in hosts})
         step = "rollback" if rollback else "upgrade"
         self.fleet.record(f"{step} {','.join(hosts)} -> {version}")
+        self.fleet.check_out_of_rotation(step, hosts)
         outcomes: dict[str, str] = {}
         previous: dict[str, str | None] = {}
         if cancel is not None and cancel():
@@ -118,6 +140,9 @@ class FakeExecutor:
             previous[host] = self.fleet.versions[host]
             failure = (("failed" if host in self.fleet.fail_rollback else None) if rollback
                        else self.fleet.fail_upgrade.get(host))
+            if (not rollback and self.fleet.require_stage
+                    and version not in self.fleet.staged[host]):
+                failure = f"failed: release {version} is not staged on {host}"
             if failure:
                 outcomes[host] = f"{failure}: injected"
             else:
@@ -178,6 +203,11 @@ class FakeBalancer:
 
     def sessions(self, servers: Sequence[str]) -> dict[str, int]:
         return {s: self.fleet.sticky_sessions.get(s, 0) for s in servers}
+
+    def sessions_by_lb(self, servers: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Every session of a server is counted on the first LB."""
+        return {lb: {s: self.fleet.sticky_sessions.get(s, 0) if i == 0 else 0 for s in servers}
+                for i, lb in enumerate(self.fleet.lbs)}
 
     def shutdown_sessions(self, servers: Sequence[str]) -> None:
         for s in servers:

@@ -36,6 +36,7 @@ class Balancer(Protocol):
     def snapshot(self, servers: Sequence[str]) -> Snapshot: ...
     def set_state(self, servers: Sequence[str], state: str) -> None: ...
     def sessions(self, servers: Sequence[str]) -> dict[str, int]: ...
+    def sessions_by_lb(self, servers: Sequence[str]) -> dict[str, dict[str, int]]: ...
     def shutdown_sessions(self, servers: Sequence[str]) -> None: ...
     def restore(self, snapshot: Snapshot, servers: Sequence[str]) -> None: ...
     def close(self) -> None: ...
@@ -84,6 +85,16 @@ class HAProxyFleet:
                 if row.name in total:
                     total[row.name] += row.scur
         return total
+
+    def sessions_by_lb(self, servers: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Current sessions per LB and server."""
+        out: dict[str, dict[str, int]] = {}
+        for api in self.apis:
+            per = out.setdefault(api.url, dict.fromkeys(servers, 0))
+            for row in api.stat(self.backend):
+                if row.name in per:
+                    per[row.name] += row.scur
+        return out
 
     def shutdown_sessions(self, servers: Sequence[str]) -> None:
         for api in self.apis:

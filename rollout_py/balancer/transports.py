@@ -10,10 +10,13 @@ import shlex
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 from rollout_py.errors import BalancerUnreachable, InputError
+
+if TYPE_CHECKING:
+    import paramiko
 
 
 class Transport(Protocol):
@@ -88,6 +91,43 @@ class SshOptions:
     timeout: float = 10.0
 
 
+def ssh_connect(user: str, host: str, port: int, options: SshOptions) -> paramiko.SSHClient:
+    """Opens an SSH connection to an LB host with host-key checking on (unknown keys are refused).
+
+    Shared by the ssh:// transport and the fleet lease, so both reach an LB host the same way.
+
+    Example:
+        >>> client = ssh_connect("root", "lb2", 22, SshOptions(known_hosts="kh"))  # doctest: +SKIP
+        >>> client.exec_command("true")  # doctest: +SKIP
+    """
+    import paramiko  # deferred: only SSH users pay for importing paramiko
+
+    client = paramiko.SSHClient()
+    if options.known_hosts:
+        client.load_host_keys(options.known_hosts)
+    else:
+        client.load_system_host_keys()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    sock = None
+    try:
+        if options.bind_address:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.settimeout(options.timeout)
+            sock.bind((options.bind_address, 0))
+            sock.connect((host, port))
+        client.connect(
+            host, port=port, username=user, key_filename=options.key_filename,
+            timeout=options.timeout, allow_agent=False,
+            look_for_keys=options.key_filename is None, sock=sock,
+        )
+    except BaseException:
+        client.close()
+        if sock is not None:
+            sock.close()
+        raise
+    return client
+
+
 class SshTransport:
     """The admin socket on a remote LB host, reached with paramiko and ``socat`` over SSH.
 
@@ -103,32 +143,7 @@ class SshTransport:
         self._lock = threading.Lock()
 
     def _connect(self) -> object:
-        import paramiko  # deferred: only SSH users pay for importing paramiko
-
-        client = paramiko.SSHClient()
-        if self._options.known_hosts:
-            client.load_host_keys(self._options.known_hosts)
-        else:
-            client.load_system_host_keys()
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        sock = None
-        try:
-            if self._options.bind_address:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.settimeout(self._options.timeout)
-                sock.bind((self._options.bind_address, 0))
-                sock.connect((self._host, self._port))
-            client.connect(
-                self._host, port=self._port, username=self._user,
-                key_filename=self._options.key_filename, timeout=self._options.timeout,
-                allow_agent=False, look_for_keys=self._options.key_filename is None, sock=sock,
-            )
-        except BaseException:
-            client.close()
-            if sock is not None:
-                sock.close()
-            raise
-        return client
+        return ssh_connect(self._user, self._host, self._port, self._options)
 
     def send(self, command: str) -> str:
         import paramiko
@@ -165,6 +180,48 @@ class SshTransport:
             self.close_locked()
 
 
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    """Where an admin socket URL points: a local path, a TCP address, or a path on an SSH host.
+
+    Example:
+        >>> parse_socket_url("ssh://lb2/run/haproxy/admin.sock").user
+        'root'
+    """
+
+    url: str
+    scheme: Literal["unix", "tcp", "ssh"]
+    path: str = ""  # unix: on this machine; ssh: on the LB host
+    host: str = ""
+    port: int = 0
+    user: str = ""
+
+
+def parse_socket_url(url: str) -> SocketAddress:
+    """Parses an admin socket URL; raises InputError naming the expected form.
+
+    Example:
+        >>> parse_socket_url("tcp://10.0.0.5:9999").port
+        9999
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        path = unquote(parts.netloc + parts.path)
+        if not path.startswith("/"):
+            raise InputError(f"socket {url!r}: a unix socket needs an absolute path")
+        return SocketAddress(url, "unix", path=path)
+    if parts.scheme == "tcp":
+        if not parts.hostname or not parts.port:
+            raise InputError(f"socket {url!r}: expected tcp://host:port")
+        return SocketAddress(url, "tcp", host=parts.hostname, port=parts.port)
+    if parts.scheme == "ssh":
+        if not parts.hostname or not parts.path.startswith("/"):
+            raise InputError(f"socket {url!r}: expected ssh://[user@]host[:port]/path/to/admin.sock")
+        return SocketAddress(url, "ssh", path=unquote(parts.path), host=parts.hostname,
+                             port=parts.port or 22, user=parts.username or "root")
+    raise InputError(f"socket {url!r}: scheme must be unix://, tcp:// or ssh://")
+
+
 def open_transport(url: str, *, ssh: SshOptions | None = None, timeout: float = 5.0) -> Transport:
     """Builds the transport for a socket URL.
 
@@ -177,19 +234,9 @@ def open_transport(url: str, *, ssh: SshOptions | None = None, timeout: float = 
         >>> open_transport("unix:///run/haproxy/admin.sock").url
         'unix:///run/haproxy/admin.sock'
     """
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        path = unquote(parts.netloc + parts.path)
-        if not path.startswith("/"):
-            raise InputError(f"socket {url!r}: a unix socket needs an absolute path")
-        return UnixTransport(url, path, timeout)
-    if parts.scheme == "tcp":
-        if not parts.hostname or not parts.port:
-            raise InputError(f"socket {url!r}: expected tcp://host:port")
-        return TcpTransport(url, parts.hostname, parts.port, timeout)
-    if parts.scheme == "ssh":
-        if not parts.hostname or not parts.path.startswith("/"):
-            raise InputError(f"socket {url!r}: expected ssh://[user@]host[:port]/path/to/admin.sock")
-        return SshTransport(url, parts.username or "root", parts.hostname, parts.port or 22,
-                            unquote(parts.path), ssh or SshOptions())
-    raise InputError(f"socket {url!r}: scheme must be unix://, tcp:// or ssh://")
+    addr = parse_socket_url(url)
+    if addr.scheme == "unix":
+        return UnixTransport(url, addr.path, timeout)
+    if addr.scheme == "tcp":
+        return TcpTransport(url, addr.host, addr.port, timeout)
+    return SshTransport(url, addr.user, addr.host, addr.port, addr.path, ssh or SshOptions())

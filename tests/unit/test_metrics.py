@@ -77,12 +77,12 @@ def test_succeeded_deploy(tmp_path: Path) -> None:
     assert value(samples, "rollout_last_deploy_duration_seconds") == 42.5
     assert value(samples, "rollout_last_deploy_exit_code") == 0
     assert {s: value(samples, "rollout_last_deploy_status", status=s) for s in STATUSES} == {
-        "succeeded": 1, "rolled_back": 0, "failed": 0, "cancelled": 0}
+        "succeeded": 1, "rolled_back": 0, "failed": 0, "stopped": 0, "cancelled": 0}
     assert {o: value(samples, "rollout_last_deploy_hosts", outcome=o) for o in OUTCOMES} == {
         "upgraded": 3, "rolled_back": 0, "untouched": 0, "skipped": 1, "stranded": 0,
         "failed": 0}
     assert value(samples, "rollout_last_deploy_rollbacks") == 0
-    assert len(samples) == 1 + 4 + 1 + 1 + 6 + 1
+    assert len(samples) == 1 + len(STATUSES) + 1 + 1 + 6 + 1
 
 
 def test_rolled_back_deploy(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_rolled_back_deploy(tmp_path: Path) -> None:
     assert value(samples, "rollout_last_deploy_exit_code") == 1
     assert value(samples, "rollout_last_deploy_duration_seconds") == 60
     assert {s: value(samples, "rollout_last_deploy_status", status=s) for s in STATUSES} == {
-        "succeeded": 0, "rolled_back": 1, "failed": 0, "cancelled": 0}
+        "succeeded": 0, "rolled_back": 1, "failed": 0, "stopped": 0, "cancelled": 0}
     assert {o: value(samples, "rollout_last_deploy_hosts", outcome=o) for o in OUTCOMES} == {
         "upgraded": 1, "rolled_back": 2, "untouched": 0, "skipped": 1, "stranded": 0,
         "failed": 0}

@@ -51,14 +51,14 @@ def die_at(kind: str, nth: int = 1):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("kind", "nth", "action"), [
-    ("drain_started", 1, "rollback"),
-    ("servers_disabled", 1, "rollback"),
-    ("step_started", 1, "rollback"),
-    ("step_finished", 1, "rollback"),
+    ("drain_started", 1, "undo"),
+    ("servers_disabled", 1, "undo"),
+    ("step_started", 1, "undo"),
+    ("step_finished", 1, "undo"),
     ("probe_passed", 2, "finish"),
     ("servers_enabled", 1, "finish"),
-    ("batch_succeeded", 1, "none"),
-    ("batch_started", 2, "none"),
+    ("batch_succeeded", 1, "continue"),
+    ("batch_started", 2, "continue"),
 ])
 def test_resume_after_death_at_each_boundary(tmp_path: Path, kind: str, nth: int,
                                              action: str) -> None:

@@ -1,0 +1,203 @@
+"""One setup for every command that changes the fleet (deploy, resume, rollback).
+
+Variables and secrets, the locks (the state directory's and the fleet lease on every LB), the
+balancer, the executor, the journal, the notifier, the event sinks, verbosity, signals and the
+cleanup live here once, so no command can forget a piece of them.
+
+Example:
+    >>> with FleetSession(ctx, state=state, extravars={}, secret_names=[]) as session:
+    ...     session.lock(deploy_id="d-1", message="deploy web 2.0")  # doctest: +SKIP
+    ...     result = session.run(engine_for)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from rollout_py import events as ev
+from rollout_py.balancer.fleet import Balancer, HAProxyFleet
+from rollout_py.balancer.lease import FleetLease, acquire_fleet_lease
+from rollout_py.balancer.runtime import RuntimeAPI
+from rollout_py.balancer.transports import SshOptions, open_transport
+from rollout_py.errors import InputError
+from rollout_py.executor import AnsibleExecutor, Executor
+from rollout_py.lock import FleetLock, fleet_key
+from rollout_py.notify import Notifier, Webhook
+from rollout_py.redact import Redactor
+from rollout_py.result import DeployResult
+from rollout_py.spec import Spec
+from rollout_py.state import Journal, StateDir
+
+if TYPE_CHECKING:
+    from rollout_py.api import Context
+    from rollout_py.engine import Engine
+
+Sink = Callable[[ev.Event], None]
+
+
+def ssh_options_for(spec: Spec) -> Callable[[str], SshOptions]:
+    """SSH settings for an ``ssh://`` LB socket, from the spec's ssh_config (if any)."""
+    import paramiko
+
+    config = None
+    if spec.haproxy.ssh_config:
+        path = spec.path(spec.haproxy.ssh_config)
+        try:
+            config = paramiko.SSHConfig.from_path(str(path))
+        except OSError as exc:
+            raise InputError(f"haproxy.ssh_config {path}: {exc.strerror or exc}") from exc
+
+    def options(host: str) -> SshOptions:
+        if config is None:
+            return SshOptions()
+        entry = config.lookup(host)
+        keys = entry.get("identityfile") or [None]
+        known = (entry.get("userknownhostsfile") or "").split()
+        return SshOptions(key_filename=keys[0], known_hosts=known[0] if known else None,
+                          bind_address=entry.get("bindaddress"))
+
+    return options
+
+
+def open_balancer(spec: Spec) -> HAProxyFleet:
+    """The runtime APIs of every LB the spec names, for its backend."""
+    options = ssh_options_for(spec)
+    apis = [RuntimeAPI(open_transport(url, ssh=options(urlsplit(url).hostname or "")))
+            for url in spec.haproxy.sockets]
+    return HAProxyFleet(apis, spec.haproxy.backend)
+
+
+def redactor_for(spec: Spec, extravars: Mapping[str, Any], names: Sequence[str]) -> Redactor:
+    """Masks the values of the spec's and the command line's secret variables."""
+    return Redactor.for_vars({**spec.vars, **extravars}, [*spec.secret_vars, *names])
+
+
+@contextmanager
+def _signals(engine: Engine, install: bool) -> Iterator[None]:
+    """SIGINT/SIGTERM go to the engine (first: finish the batch; second: roll back now)."""
+    if not install or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        engine.interrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class FleetSession:
+    """Everything a fleet-changing command holds while it runs, released in reverse on exit.
+
+    ``extravars`` are the variables on top of the spec's ``vars``; ``secret_names`` the
+    variables (beside the spec's ``secret_vars``) whose values are masked and passed to
+    Ansible through a private file only.
+    """
+
+    def __init__(self, ctx: Context, *, state: StateDir, extravars: Mapping[str, Any],
+                 secret_names: Sequence[str], verbosity: int = 0, lock_wait: float = 0.0,
+                 sinks: Sequence[Sink] = (), on_event: Sink | None = None,
+                 executor: Executor | None = None, balancer: Balancer | None = None,
+                 install_signal_handlers: bool = True) -> None:
+        spec = ctx.spec
+        self.ctx, self.spec, self.state = ctx, spec, state
+        self.all_vars: dict[str, Any] = {**spec.vars, **extravars, "rollout_hosts": spec.hosts}
+        self.secret_names = [*spec.secret_vars, *secret_names]
+        self.redactor = redactor_for(spec, extravars, secret_names)
+        self.plain_vars = {k: v for k, v in self.all_vars.items()
+                           if k not in self.secret_names}
+        self._secret_values = {k: v for k, v in self.all_vars.items()
+                               if k in self.secret_names}
+        self.verbosity, self.lock_wait = verbosity, lock_wait
+        self._sinks = [*sinks, *([on_event] if on_event else [])]
+        self._given_executor, self._given_balancer = executor, balancer
+        self._install_signals = install_signal_handlers
+        self.notifier = Notifier(
+            [Webhook(url=w.url, on=frozenset(w.on), timeout=w.timeout, retries=w.retries)
+             for w in spec.notify.webhooks], redact=self.redactor.text) \
+            if spec.notify.webhooks else None
+        self._lock: FleetLock | None = None
+        self._lease: FleetLease | None = None
+        self._balancer: Balancer | None = None
+        self._executor: Executor | None = None
+        self._journal: Journal | None = None
+
+    # --- what a command takes, in order ----------------------------------------------------
+    def lock(self, *, deploy_id: str, message: str) -> None:
+        """The state directory's lock, then the fleet lease on every LB (sorted, so two
+        controllers never hold one each). Raises LockHeldError naming the holder."""
+        self._lock = FleetLock(self.state.root,
+                               fleet_key(self.spec.name, self.ctx.inventory_source))
+        self._lock.acquire(deploy_id=deploy_id, message=message, wait=self.lock_wait)
+        if self._given_balancer is None:  # doubles in tests have no LB to hold a lease on
+            self._lease = acquire_fleet_lease(
+                self.spec.haproxy.sockets, self.spec.haproxy.backend,
+                ssh=ssh_options_for(self.spec), deploy_id=deploy_id, message=message,
+                wait=self.lock_wait)
+
+    @property
+    def balancer(self) -> Balancer:
+        if self._balancer is None:
+            self._balancer = self._given_balancer or open_balancer(self.spec)
+        return self._balancer
+
+    def executor(self, *, runs: Path, control_dir: str | None) -> Executor:
+        """The executor for this command's runs (ansible-runner unless one was given)."""
+        if self._executor is None:
+            self._executor = self._given_executor or AnsibleExecutor(
+                self.ctx.inventory_source, work_dir=runs, extravars=self.plain_vars,
+                secret_vars=self._secret_values, verbosity=self.verbosity,
+                control_dir=control_dir, redactor=self.redactor)
+        return self._executor
+
+    def run(self, engine: Callable[[Sequence[Sink]], Engine], journal: Path,
+            resume: Sequence[ev.Event] | None = None) -> DeployResult:
+        """Opens the journal, builds the engine with every sink (the journal first), and runs
+        it with the signals routed to it."""
+        self._journal = Journal(journal)
+        sinks: list[Sink] = [self._journal, *self._sinks,
+                             *([self.notifier] if self.notifier else [])]
+        the_engine = engine(sinks)
+        with _signals(the_engine, self._install_signals):
+            return the_engine.run(resume=resume)
+
+    @property
+    def started(self) -> bool:
+        """True once the journal is open: from then on the deploy has a record to keep."""
+        return self._journal is not None
+
+    # --- cleanup -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Releases everything, newest first; the locks last, so no one starts meanwhile."""
+        if self._journal is not None:
+            self._journal.close()
+        if self._given_executor is None and self._executor is not None:
+            self._executor.close()
+        if self._given_balancer is None and self._balancer is not None:
+            self._balancer.close()
+        if self.notifier is not None:
+            self.notifier.close(wait=15)
+        if self._lease is not None:
+            self._lease.release()
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> FleetSession:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
