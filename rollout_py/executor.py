@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from rollout_py._lifeline import lifeline_env
 from rollout_py.errors import ControllerError
 from rollout_py.procs import close_ssh_masters
 from rollout_py.redact import Redactor
@@ -153,6 +154,8 @@ class AnsibleExecutor:
             "ANSIBLE_SHOW_CUSTOM_STATS": "False",
             # The ansible executables beside this interpreter (a venv) come first.
             "PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            # Ansible dies with this process (kill -9 included): see rollout_py/_lifeline.
+            **lifeline_env(os.environ),
         }
 
     def _private_dir(self, label: str) -> Path:

@@ -49,7 +49,8 @@ def deploy_under_fault(lab: Layout, spec: Path, version: str, *args: str,
                        hooks: dict[str, Hook] | None = None, rps: float = 100,
                        max_unavailable: int = 1, command: str = "deploy") -> Run:
     """Runs ``rollout deploy --json`` under open-loop load through lb1 while every LB is
-    watched at 10 Hz; ``hooks`` maps an event kind to an action run when it appears."""
+    watched at 10 Hz; ``hooks`` maps an event kind to an action run when it appears (``"*"``:
+    every event, until it returns something other than False)."""
     hooks = dict(hooks or {})
     watcher = Watcher.for_lab(lab, max_unavailable=max_unavailable).start()
     load = LoadGenerator(f"http://127.0.0.1:{lab.lbs[0].port}/", rps=rps, duration=3600).start()
@@ -68,9 +69,10 @@ def deploy_under_fault(lab: Layout, spec: Path, version: str, *args: str,
                 result = data["result"]
                 continue
             events.append(data)
-            hook = hooks.get(data["event"])
-            if hook is not None and hook(data) is not False:
-                del hooks[data["event"]]
+            for kind in (data["event"], "*"):
+                hook = hooks.get(kind)
+                if hook is not None and hook(data) is not False:
+                    del hooks[kind]
         stderr = child.stderr.read()
         child.wait(600)
     finally:

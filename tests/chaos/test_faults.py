@@ -125,8 +125,10 @@ def test_release_filesystem_full(chaos_lab: LabMaker, tmp_path: Path) -> None:
             "mount -o remount,size=$((used + 4))k /srv/app/releases", net=False)
     run = deploy_under_fault(lab, spec, "2.0")
     check_invariants(lab, run)
-    # Staging fails on app02 before any drain: nothing was taken out of rotation.
-    assert run.returncode == 1, run.stderr
+    # Staging fails on app02 before any drain: nothing was taken out of rotation, nothing
+    # rolled back: a stop (exit 5), not a rollback.
+    assert run.returncode == 5, run.stderr
+    assert (run.result or {}).get("status") == "stopped"
     assert "drain_started" not in run.kinds()
     assert "staging failed on app02" in (run.result or {}).get("cause", "")
     assert set(versions(lab).values()) == {"1.0"} and all_ready_and_up(lab)

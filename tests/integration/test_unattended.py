@@ -112,23 +112,31 @@ def test_kill_9_then_resume_leaves_a_whole_fleet(lab: Layout, spec: Path, bounda
     assert not Path(f"/tmp/rollout-cp-{record.deploy_id}").exists()
 
 
-def test_two_controllers_at_once_exactly_one_deploys(lab: Layout, tmp_path: Path) -> None:
-    spec = write_spec(lab, tmp_path / "rollout.yml", batches=[1], version_url=None,
-                      playbook=str(REPO / "tests/integration/playbooks/noop.yml"),
-                      health={"probes": [{"http": "http://{{ ansible_host }}:8080/health"}]})
+def test_two_copies_of_the_spec_at_once_exactly_one_deploys(lab: Layout, tmp_path: Path
+                                                           ) -> None:
+    """Two checkouts of one fleet's spec (two directories, two state dirs) started at once: the
+    fleet lease on the LBs lets exactly one deploy; the other exits 4 naming the holder."""
+    checkouts = [tmp_path / "ci-runner-1" / "work", tmp_path / "laptop" / "src"]
+    for checkout in checkouts:
+        checkout.mkdir(parents=True)
+    specs = [write_spec(lab, checkout / "rollout.yml", batches=[1], version_url=None,
+                        playbook=str(REPO / "tests/integration/playbooks/noop.yml"),
+                        health={"probes": [{"http": "http://{{ ansible_host }}:8080/health"}]})
+             for checkout in checkouts]
     for round_ in range(20):
         go = tmp_path / f"go-{round_}"
-        cmd = (f"while [ ! -e {go} ]; do sleep 0.005; done; exec {sys.executable} -m rollout_py "
-               f"deploy -f {spec} --version r{round_} -l app01")
-        children = [subprocess.Popen(["sh", "-c", cmd], cwd=REPO, env=ENV, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                    for _ in range(2)]
+        children = [subprocess.Popen(
+            ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.005; done; exec {sys.executable} "
+                         f"-m rollout_py deploy -f {spec} --version r{round_} -l app01"],
+            cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for spec in specs]
         go.touch()
         outs = [c.communicate(timeout=300) for c in children]
         codes = sorted(c.returncode for c in children)
         assert codes == [0, 4], f"round {round_}: {codes} {outs}"
         loser = outs[[c.returncode for c in children].index(4)]
-        assert "fleet is locked: deploy" in loser[1] and "pid" in loser[1]
+        assert "fleet is locked: deploy" in loser[1] and "pid" in loser[1], loser
+        assert all_ready_and_up(lab), f"round {round_}: a server was left out of rotation"
 
 
 def test_status_and_history_follow_their_schemas(lab: Layout, tmp_path: Path) -> None:

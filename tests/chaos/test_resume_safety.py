@@ -1,0 +1,150 @@
+"""Resume on the real lab under load: after a controller error it drains before it acts, and
+after a kill -9 at random moments of a staged deploy it always leaves a whole fleet."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollout_py.lab import artifact
+from rollout_py.lab.layout import Layout
+from rollout_py.procs import processes_mentioning
+from tests.chaos.harness import CURRENT, Run, check_invariants, deploy_under_fault
+from tests.integration.deploykit import all_ready_and_up, rollout_cli, versions, write_spec
+
+pytestmark = pytest.mark.chaos
+LabMaker = Callable[..., Layout]
+STAGE = {"tags": "stage,prune", "switch_tags": "switch,untagged"}
+
+
+def drains_before_host_actions(events: list[dict[str, Any]]) -> list[str]:
+    """Host actions (upgrade, rollback) of a batch not preceded, in these events, by that
+    batch's servers going to MAINT."""
+    disabled: set[int] = set()
+    bad = []
+    for e in events:
+        if e["event"] == "servers_disabled":
+            disabled.add(e["batch"])
+        elif e["event"] == "step_started" and e["step"] in ("upgrade", "rollback") \
+                and e["batch"] not in disabled:
+            bad.append(f"{e['step']} of batch {e['batch']} with no drain before it")
+    return bad
+
+
+def test_case_1_resume_after_a_controller_error_drains_before_acting(
+        chaos_lab: LabMaker, tmp_path: Path) -> None:
+    """Batch 2's upgrade cannot start (the controller cannot create its run directory): the
+    engine rolls batch 2 back and puts it back in rotation. Resume then runs batch 2 again from
+    its drain: no host is restarted while it serves; 0 failed requests throughout."""
+    lab = chaos_lab(n_hosts=3, n_lbs=2)
+    artifact.build_artifact(lab.artifacts, "2.0")
+    spec = write_spec(lab, tmp_path / "rollout.yml", batches=[1], max_unavailable=1)
+    blocker: list[Path] = []
+
+    def block_batch_2(event: dict[str, Any]) -> None:
+        # Runs are numbered: 001 preflight, 002 batch 1's upgrade, 003 batch 2's upgrade.
+        runs = spec.parent / ".rollout" / "deploys" / event["deploy_id"] / "runs"
+        runs.mkdir(parents=True, exist_ok=True)
+        path = runs / "003-batch2-upgrade"
+        path.write_text("not a directory: the controller cannot run here\n")
+        blocker.append(path)
+
+    run = deploy_under_fault(lab, spec, "2.0", hooks={"deploy_started": block_batch_2},
+                             max_unavailable=2)
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.result is not None
+    assert run.result["status"] == "rolled_back" and run.result["resumable"]
+    assert run.result["failure"] == "controller"
+    check_invariants(lab, run)
+    assert versions(lab) == {"app01": "2.0", "app02": "1.0", "app03": "1.0"}
+    assert all_ready_and_up(lab)  # app02 is back in rotation, serving
+
+    blocker[0].unlink()  # the controller's problem is fixed
+    resumed = deploy_under_fault(lab, spec, "", command="resume", max_unavailable=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert drains_before_host_actions(resumed.events) == []
+    assert [e["action"] for e in resumed.events if e["event"] == "deploy_resumed"] == \
+        ["continue"]
+    check_invariants(lab, resumed)
+    assert set(versions(lab).values()) == {"2.0"} and all_ready_and_up(lab)
+
+
+def _killer(rng: random.Random, at: int) -> Callable[[dict[str, Any]], bool]:
+    """A hook that kills the controller (-9) at its ``at``-th event, after a random delay."""
+    seen = {"n": 0}
+
+    def hook(_event: dict[str, Any]) -> bool:
+        seen["n"] += 1
+        if seen["n"] < at:
+            return False
+        pid = CURRENT["pid"]  # the controller this test started
+
+        def kill() -> None:
+            with contextlib.suppress(ProcessLookupError):  # it may have finished already
+                os.kill(pid, signal.SIGKILL)
+
+        threading.Timer(rng.uniform(0, 0.8), kill).start()
+        return True
+
+    return hook
+
+
+def _no_ansible_left(state: Path, within: float = 10.0) -> list[str]:
+    deadline = time.monotonic() + within
+    while True:
+        left = [f"{p.pid} {p.comm()}" for p in processes_mentioning(str(state)) if p.alive()]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_kill_9_at_random_moments_of_a_staged_deploy_then_resume(
+        chaos_lab: LabMaker, tmp_path: Path) -> None:
+    lab = chaos_lab(n_hosts=3, n_lbs=2)
+    for version in ("3.0", "4.0"):
+        artifact.build_artifact(lab.artifacts, version)
+    spec = write_spec(lab, tmp_path / "rollout.yml", batches=[1], max_unavailable=1,
+                      stage=STAGE)
+    state = spec.parent / ".rollout"
+    baseline = deploy_under_fault(lab, spec, "3.0")
+    assert baseline.returncode == 0, baseline.stderr[-2000:]
+    check_invariants(lab, baseline)
+    n_events = len(baseline.events)
+    seed = int(os.environ.get("ROLLOUT_TEST_SEED", time.time()))
+    rng = random.Random(seed)
+    kills, trial, failed = 0, 0, 0
+    moments: list[str] = []
+    while kills < 20:
+        trial += 1
+        assert trial <= 26, f"seed {seed}: only {kills} kills in {trial - 1} trials"
+        version = "4.0" if trial % 2 else "3.0"
+        at = rng.randint(1, n_events - 2)
+        run: Run = deploy_under_fault(lab, spec, version, hooks={"*": _killer(rng, at)})
+        failed += run.load.failed
+        assert not run.watch.violations, (seed, run.watch.violations[:5])
+        if run.returncode == 0:  # it finished before the kill landed: not a trial
+            check_invariants(lab, run)
+            continue
+        assert run.returncode == -signal.SIGKILL, (seed, run.returncode, run.stderr[-2000:])
+        kills += 1
+        moments.append(run.events[-1]["event"] if run.events else "(before any event)")
+        assert _no_ansible_left(state) == [], f"seed {seed}: ansible outlived the controller"
+        resumed = deploy_under_fault(lab, spec, "", command="resume")
+        failed += resumed.load.failed
+        assert resumed.returncode == 0, (seed, at, moments[-1], resumed.stderr[-3000:])
+        check_invariants(lab, resumed)
+        assert set(versions(lab).values()) == {version}, (seed, at, versions(lab))
+        assert all_ready_and_up(lab)
+        assert rollout_cli("lock", "status", "-f", str(spec)).stdout.strip() == "free"
+    assert failed == 0, f"seed {seed}: {failed} failed requests"
+    # The kills landed across the deploy, staging included (shown when -s is given).
+    print(f"seed {seed}: killed after {sorted(set(moments))}")
