@@ -126,8 +126,18 @@ def _unattended(fn: Any) -> Any:
     return fn
 
 
+def _undelivered(deploy_id: str, state_root: Path) -> dict[str, str]:
+    """Webhook notifications of the deploy that were not delivered (from its record)."""
+    path = state_root / "deploys" / deploy_id / "notifications.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in report.items() if v != "delivered"}
+
+
 def _run(action: Any, *, as_json: bool, log_file: Path | None, metrics_file: Path | None,
-         verbose: int) -> int:
+         verbose: int, state_root: Path) -> int:
     """Runs a deploy-like action with the console/JSON/log sinks; reports; writes metrics."""
     import time
 
@@ -142,6 +152,8 @@ def _run(action: Any, *, as_json: bool, log_file: Path | None, metrics_file: Pat
     started = time.time()
     try:
         result = action(sinks)
+        for webhook, delivery in _undelivered(result.deploy_id, state_root).items():
+            click.echo(f"rollout: warning: webhook {webhook}: {delivery}", err=True)
         lines = result_lines(result)
         if as_json:
             click.echo(json.dumps(result_json(result)))
@@ -179,7 +191,8 @@ def deploy(spec_file: Path, version: str, inventory: str | None, limit: str | No
         spec, version=version, inventory=inventory, limit=limit, extravars=extravars,
         secret_vars=secret_vars, force=force, force_drain=force_drain, sinks=sinks,
         state_dir=state_dir, lock_wait=lock_wait, verbosity=max(0, verbose - 1)),
-        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose)
+        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose,
+        state_root=state_dir or spec.state_path())
 
 
 @cli.command()
@@ -206,7 +219,8 @@ def rollback(spec_file: Path, target: str | None, inventory: str | None, limit: 
         spec, version=version, inventory=inventory, limit=limit, extravars=extravars,
         secret_vars=secret_vars, sinks=sinks, state_dir=state_dir, lock_wait=lock_wait,
         verbosity=max(0, verbose - 1)),
-        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose)
+        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose,
+        state_root=state_dir or spec.state_path())
 
 
 @cli.command()
@@ -228,7 +242,8 @@ def resume(deploy_id: str | None, spec_file: Path, no_continue: bool, extra: tup
         spec, deploy_id, continue_=not no_continue, extravars=extravars,
         secret_vars=secret_vars, sinks=sinks, state_dir=state_dir, lock_wait=lock_wait,
         verbosity=max(0, verbose - 1)),
-        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose)
+        as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose,
+        state_root=state_dir or spec.state_path())
 
 
 state_option = click.option("--state-dir", type=click.Path(path_type=Path), default=None,

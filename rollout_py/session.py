@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -134,6 +136,7 @@ class FleetSession:
         self._balancer: Balancer | None = None
         self._executor: Executor | None = None
         self._journal: Journal | None = None
+        self.notifications: dict[str, str] = {}  # webhook -> delivered | failed: ... | ...
 
     # --- what a command takes, in order ----------------------------------------------------
     def lock(self, *, deploy_id: str, message: str) -> None:
@@ -189,7 +192,11 @@ class FleetSession:
         if self._given_balancer is None and self._balancer is not None:
             self._balancer.close()
         if self.notifier is not None:
-            self.notifier.close(wait=15)
+            self.notifications = self.notifier.close(wait=15)
+            if self._journal is not None:  # kept beside the journal: nothing lost unsaid
+                with contextlib.suppress(OSError):
+                    (self._journal.path.parent / "notifications.json").write_text(
+                        json.dumps(self.notifications, indent=2, sort_keys=True) + "\n")
         if self._lease is not None:
             self._lease.release()
         if self._lock is not None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,11 +104,32 @@ def check_invariants(lab: Layout, run: Run, *, failed_requests: int = 0) -> None
                     assert (lb.socket_url, s.name) in flagged, f"{s.name} out, not reported"
         finally:
             api.close()
-    # No ansible or ssh process of the deploy outlives it.
+    # No ansible or ssh process of the deploy outlives it (their command lines name the
+    # deploy's id: extra vars and the SSH control path).
     state = run.spec.parent / ".rollout"
+    for record in _deploys(state):
+        assert deploy_processes(record.deploy_id) == [], f"left by {record.deploy_id}"
     assert processes_mentioning(str(state)) == []
     assert not any(p.name.startswith("rollout-cp-") for p in Path("/tmp").iterdir()
                    if p.is_dir() and any(d.deploy_id in p.name for d in _deploys(state)))
+
+
+def deploy_processes(deploy_id: str, *, within: float = 5.0, only: str = "") -> list[str]:
+    """Live processes whose command line names ``deploy_id`` (and ``only``, if given), after
+    waiting up to ``within`` seconds for them to end."""
+    deadline = time.monotonic() + within
+    while True:
+        left = []
+        for proc in processes_mentioning(deploy_id):
+            try:
+                cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if proc.alive() and only.encode() in cmdline:
+                left.append(f"{proc.pid}: {cmdline.decode(errors='replace')[:160]}")
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 def _deploys(state: Path) -> list[Any]:

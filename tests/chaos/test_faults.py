@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from tests.integration.deploykit import (
     all_ready_and_up,
     lb_states,
     versions,
+    wait_for_playbook,
     write_spec,
 )
 
@@ -284,7 +284,7 @@ def test_sigterm_during_the_playbook(chaos_lab: LabMaker, tmp_path: Path) -> Non
     def term(event: dict[str, Any]) -> bool:
         if event["step"] != "upgrade":
             return False
-        time.sleep(1)
+        wait_for_playbook(event["deploy_id"])  # the playbook runs on the batch
         os.kill(CURRENT["pid"], signal.SIGTERM)  # the controller this test started
         return True
 

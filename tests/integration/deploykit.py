@@ -119,3 +119,40 @@ def traffic_before_probe_json(summary: Summary, events: Sequence[dict[str, Any]]
     from rollout_py.state import decode_event
 
     return traffic_before_probe(summary, [decode_event(e) for e in events], margin)
+
+
+def wait_for_playbook(deploy_id: str, timeout: float = 120) -> None:
+    """Returns once an ansible-playbook process of the deploy runs (its extra vars name the
+    deploy id): the state a test waits for instead of sleeping after ``step_started``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ansible-playbook" in cmdline and deploy_id.encode() in cmdline:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no ansible-playbook of deploy {deploy_id} within {timeout} s")
+
+
+def signal_delivered(pid: int, signum: int, timeout: float = 10) -> None:
+    """Waits until ``signum`` is no longer pending for ``pid`` (the kernel delivered it), so a
+    second signal of the same kind is not merged into the first."""
+    import time
+
+    bit = 1 << (signum - 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        pending = {line.split(":")[0]: int(line.split()[1], 16) for line in status.splitlines()
+                   if line.startswith(("SigPnd:", "ShdPnd:"))}
+        if not any(v & bit for v in pending.values()):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"signal {signum} still pending for pid {pid} after {timeout} s")

@@ -24,8 +24,10 @@ from tests.integration.deploykit import (
     lb_states,
     load,
     rollout_cli,
+    signal_delivered,
     traffic_before_probe,
     versions,
+    wait_for_playbook,
     write_spec,
 )
 from tests.integration.lab_ssh import lab_ssh
@@ -178,11 +180,12 @@ def test_sigterm_during_the_playbook_unwinds_safely(
     lines = []
     for line in child.stdout:
         lines.append(line)
-        if json.loads(line).get("event") == "step_started":
-            time.sleep(1.0)  # the playbook is running on the first batch
+        event = json.loads(line)
+        if event.get("event") == "step_started":
+            wait_for_playbook(event["deploy_id"])  # the playbook runs on the first batch
             for _ in range(signals):
                 child.send_signal(signal.SIGTERM)
-                time.sleep(0.2)
+                signal_delivered(child.pid, signal.SIGTERM)  # two signals, not one merged
             break
     out, err = child.communicate(timeout=300)
     lines += out.splitlines()

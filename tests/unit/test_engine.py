@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from rollout_py import events as ev
 from rollout_py.engine import Engine, Settings
 from rollout_py.planner import make_plan
@@ -197,12 +195,19 @@ def test_a_raising_event_callback_does_not_strand_the_batch() -> None:
 
 
 def test_two_lbs_change_together() -> None:
-    fleet = FakeFleet(HOSTS, lbs=("unix:///a.sock", "ssh://lb2/b.sock"), unhealthy_versions={"2.0"})
-    run(fleet)
+    """Both LBs hold each batch in MAINT while its host changes, and both get it back."""
+    lbs = ("unix:///a.sock", "ssh://lb2/b.sock")
+    fleet = FakeFleet(HOSTS, lbs=lbs, unhealthy_versions={"2.0"})
+    during: list[dict[str, str]] = []
+
+    def record_lbs() -> None:
+        during.append({lb: fleet.servers[lb]["h1"].admin for lb in lbs})
+
+    fleet.hooks["upgrade h1 -> 2.0"] = record_lbs
+    fleet.hooks["rollback h1 -> 1.0"] = record_lbs
+    _, result = run(fleet)
+    assert result.status == "rolled_back"
+    assert during == [dict.fromkeys(lbs, "MAINT")] * 2  # on both LBs, for both host actions
+    assert not fleet.violations
     for lb in fleet.servers.values():
         assert {h: s.admin for h, s in lb.items()} == dict.fromkeys(HOSTS, "READY")
-
-
-@pytest.mark.parametrize("kind", [k for k in ev.ALL_EVENTS])
-def test_every_event_serialises(kind: type[ev.Event]) -> None:
-    assert kind.kind != "event"
