@@ -152,7 +152,7 @@ def _spec_snapshot(spec: Spec, redactor: Redactor) -> dict[str, Any]:
 
 def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str | None = None,
            extravars: Mapping[str, Any] | None = None, secret_vars: Sequence[str] = (),
-           force: bool = False, force_drain: bool = False,
+           force: bool = False, force_drain: bool = False, allow_no_rollback: bool = False,
            on_event: Callable[[ev.Event], None] | None = None,
            sinks: Sequence[Callable[[ev.Event], None]] = (), state_dir: str | Path | None = None,
            lock_wait: float = 0.0, verbosity: int = 0, install_signal_handlers: bool = True,
@@ -162,7 +162,14 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
     Every event is journaled (fsync'd) in the state directory before anyone else sees it; the
     fleet's locks (the state directory's and a lease on every LB) are held for the whole
     deploy. Raises InputError (or a subclass, e.g. PreflightError, LockHeldError) when input,
-    lock or preflight refuse the deploy; nothing has been touched then.
+    lock or preflight refuse the deploy; nothing has been touched then, and the error's
+    ``deploy_id`` attribute names the refused attempt (no record of it is kept).
+
+    Preflight refuses a deploy whose failed batch could not be rolled back (the spec has no
+    ``version_url`` and no ``rollback_playbook`` and the playbook is not seen to report
+    ``rollout_previous_version``) unless ``allow_no_rollback``; and one that targets a server
+    in MAINT or DRAIN on some LB (an operator's) unless ``force``, which also deploys to
+    hosts already at the version.
 
     Example:
         >>> result = deploy(load_spec("rollout.yml"), version="2.0")  # doctest: +SKIP
@@ -190,18 +197,26 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
                 "name": spec.name, "version": version, "inventory": ctx.inventory_source,
                 "limit": limit, "force": force, "spec_file": spec.source,
                 "control_dir": control_dir, "spec_digest": digest(snapshot),
-                "plan_digest": digest(the_plan.to_json()),
+                "plan_digest": digest(the_plan.identity()),
                 "extravars": session.redactor.data(session.plain_vars),
                 "secret_vars": session.secret_names}, spec=snapshot, plan=the_plan.to_json())
             runner = session.executor(runs=record.runs, control_dir=control_dir)
-            preflight(ctx, the_plan, executor=runner, balancer=lbs)
+            preflight(ctx, the_plan, executor=runner, balancer=lbs, force=force,
+                      allow_no_rollback=allow_no_rollback, state=state)
             return session.run(lambda all_sinks: _engine(
                 ctx, the_plan, runner, lbs, session.all_vars, versions, force_drain,
                 all_sinks, deploy_id, session.redactor), record.journal)
-        except InputError:
+        except InputError as exc:
             if record is not None and not session.started:
                 shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
+            _name_deploy(exc, deploy_id)
             raise
+
+
+def _name_deploy(exc: InputError, deploy_id: str) -> None:
+    """Names the deploy a refusal is about (``rollout ... --json`` prints it)."""
+    if getattr(exc, "deploy_id", None) is None:
+        setattr(exc, "deploy_id", deploy_id)  # noqa: B010 (InputError declares no such field)
 
 
 def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
@@ -263,7 +278,8 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
     started = next(e for e in events if isinstance(e, ev.DeployStarted))
     the_plan = plan(spec, version=meta["version"], force=bool(meta.get("force")),
                     current_versions=started.versions, context=ctx)
-    if digest(the_plan.to_json()) != meta["plan_digest"]:
+    # identity() has no prose; deploys started before it existed recorded the whole to_json().
+    if meta["plan_digest"] not in (digest(the_plan.identity()), digest(the_plan.to_json())):
         old = [tuple(b["hosts"]) for b in record.snapshot("plan")["batches"]]
         new = [b.hosts for b in the_plan.batches]
         raise InputError(f"the plan changed since deploy {record.deploy_id} started (inventory "

@@ -33,6 +33,7 @@ class BatchSteps(SagaBase):
         batch = applied.batch
         if not finish_only:
             self.emit(ev.BatchStarted, batch=batch.index, hosts=batch.hosts)
+        failure: ev.Failure
         try:
             durations = self._finish_batch(applied) if finish_only else self._forward(applied)
         except BatchFailure as exc:

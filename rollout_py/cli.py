@@ -8,6 +8,7 @@ another deploy or a hold (named); 5 stopped before a batch, nothing rolled back 
 
 from __future__ import annotations
 
+import importlib
 import json
 import shlex
 import sys
@@ -18,20 +19,50 @@ import click
 import yaml
 
 from rollout_py import __version__
-from rollout_py.errors import InputError, LabPrerequisiteError, RolloutError
-from rollout_py.lab.cli import lab
-from rollout_py.lock import LockHeldError
+from rollout_py.errors import InputError, LabPrerequisiteError, LockHeldError, RolloutError
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED = 0, 1, 2, 4
 
+# Subcommands imported only when used: name -> (module, attribute, its help for the listing).
+# The lab pulls in its network, process and HAProxy code, which no other command needs.
+LAZY_COMMANDS = {
+    "lab": ("rollout_py.lab.cli", "lab",
+            "A local fleet: network-namespace hosts with sshd and a sample app behind HAProxy."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    """A group that imports the modules of its LAZY_COMMANDS only when one of them runs."""
+
+    _listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY_COMMANDS or cmd_name in self.commands:
+            return super().get_command(ctx, cmd_name)
+        module, attr, help_text = LAZY_COMMANDS[cmd_name]
+        if self._listing:  # `rollout --help` shows one line per command: no import for that
+            return click.Command(cmd_name, help=help_text)
+        command = getattr(importlib.import_module(module), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module}.{attr} is not a click command")
+        self.add_command(command, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rollout")
 def cli() -> None:
     """Rolling deploys for VM fleets behind HAProxy."""
-
-
-cli.add_command(lab)
 
 
 def parse_extravars(values: tuple[str, ...]) -> dict[str, Any]:
@@ -271,7 +302,7 @@ def status(spec_file: Path, state_dir: Path | None, as_json: bool) -> int:
 @cli.command()
 @spec_option
 @state_option
-@click.option("-n", "--limit", "count", type=click.IntRange(1), default=None,
+@click.option("-n", "--count", "count", type=click.IntRange(1), default=None, metavar="N",
               help="Only the newest N deploys.")
 @click.option("--json", "as_json", is_flag=True, help="JSON (schema rollout.history/1).")
 def history(spec_file: Path, state_dir: Path | None, count: int | None, as_json: bool) -> int:

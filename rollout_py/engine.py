@@ -76,7 +76,7 @@ class Engine(BatchSteps, UndoSteps):
         self._redactor = redactor or Redactor()
         self._journal_failed: str | None = None
         self._current: Applied | None = None
-        self._last_failure: str | None = None
+        self._last_failure: ev.Failure | None = None
         self._undid = False  # a rollback ran in this run: the outcome is no mere stop
         self._foreign: dict[str, str] = {}  # "lb server" -> what someone else set
 

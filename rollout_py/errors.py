@@ -9,8 +9,8 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
     ├── InputError            bad input from the user; nothing was touched
     │   ├── SpecError         the rollout spec is invalid (names file, field path, expectation)
     │   └── PreflightError    the fleet is not in a state to deploy to; nothing was touched
-    │       └── LockHeldError another deploy or a manual hold has the fleet (rollout_py.lock;
-    │                         carries .holder; the CLI exits 4)
+    │       └── LockHeldError another deploy or a manual hold has the fleet (carries .holder,
+    │                         a rollout_py.lock.Holder; the CLI exits 4)
     ├── DeployFailedError     raised by DeployResult.raise_for_status() (carries the result)
     ├── ControllerError       the controller could not run a step (disk full, runner crash)
     ├── StateError            the state directory or a journal is missing or unreadable
@@ -23,6 +23,8 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 
 class RolloutError(Exception):
@@ -39,6 +41,38 @@ class SpecError(InputError):
 
 class PreflightError(InputError):
     """A check before the deploy failed (inventory, sockets, servers, SSH, capacity)."""
+
+
+class LockHolder(Protocol):
+    """What LockHeldError needs of a holder; ``rollout_py.lock.Holder`` is the one used."""
+
+    @property
+    def kind(self) -> str:
+        """``"deploy"`` (a running deploy) or ``"hold"`` (a manual hold)."""
+        ...
+
+    def describe(self) -> str:
+        """One line naming who holds the fleet, since when, pid, deploy id and message."""
+        ...
+
+
+class LockHeldError(PreflightError):
+    """The fleet is locked by another deploy or a manual hold; ``holder`` says by whom.
+
+    Defined here to sit in the tree; ``rollout_py.lock`` re-exports it, and its ``Holder``
+    (pid, user, host, deploy_id, started, message, kind) is what ``holder`` holds.
+
+    Example:
+        >>> from rollout_py.lock import Holder
+        >>> err = LockHeldError(Holder(None, "bob", "ops", None, 0.0, "db move", "hold"))
+        >>> err.holder.kind, isinstance(err, PreflightError)
+        ('hold', True)
+    """
+
+    def __init__(self, holder: LockHolder) -> None:
+        hint = " (`rollout lock release` removes it)" if holder.kind == "hold" else ""
+        super().__init__(f"fleet is locked: {holder.describe()}{hint}")
+        self.holder = holder
 
 
 class DeployFailedError(RolloutError):

@@ -9,10 +9,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar, dataclass_transform
 
 # How a deploy ended; rollout_py.result.EXIT_CODES maps each to the command's exit code.
 Status = Literal["succeeded", "rolled_back", "stopped", "failed", "cancelled"]
+# Why a batch failed. The release's fault: unreachable, task_failed, probe_failed,
+# drain_timeout, balancer (an LB refused a command). Not the release's (resume runs the batch
+# again, rollout_py.reconcile.RETRYABLE): controller, balancer_unreachable, cancelled,
+# capacity. foreign_change: someone else changed a server of the batch.
+Failure = Literal["unreachable", "task_failed", "probe_failed", "drain_timeout", "balancer",
+                  "controller", "balancer_unreachable", "cancelled", "capacity",
+                  "foreign_change"]
+# The host-side steps of a deploy, and the phases in which probes run.
+StepName = Literal["stage", "upgrade", "rollback"]
+Phase = Literal["verify", "soak", "rollback"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +42,9 @@ class Event:
         return data
 
 
+_E = TypeVar("_E", bound="Event")
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
@@ -40,7 +53,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-_frozen = dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass_transform(frozen_default=True, kw_only_default=True)
+def _frozen(cls: type[_E]) -> type[_E]:
+    """Every event: a frozen, slotted, keyword-only dataclass (declared so to type checkers)."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
 
 
 @_frozen
@@ -105,7 +121,7 @@ class ServersDisabled(Event):
 class StepStarted(Event):
     kind: ClassVar[str] = "step_started"
     batch: int
-    step: str  # "upgrade" | "rollback"
+    step: StepName
     hosts: tuple[str, ...]
 
 
@@ -113,7 +129,7 @@ class StepStarted(Event):
 class StepFinished(Event):
     kind: ClassVar[str] = "step_finished"
     batch: int
-    step: str
+    step: StepName
     ok: bool
     hosts: dict[str, str]  # host -> "ok" | "failed: ..." | "unreachable: ..." | "not run"
     versions: dict[str, str | None]  # host -> version before the step (from the playbook)
@@ -125,7 +141,7 @@ class ProbePassed(Event):
     kind: ClassVar[str] = "probe_passed"
     batch: int
     host: str
-    phase: str  # "verify" | "soak" | "rollback"
+    phase: Phase
 
 
 @_frozen
@@ -133,7 +149,7 @@ class ProbeFailed(Event):
     kind: ClassVar[str] = "probe_failed"
     batch: int
     host: str
-    phase: str
+    phase: Phase
     probe: str
     detail: str
 
@@ -180,7 +196,7 @@ class BatchSucceeded(Event):
 class BatchFailed(Event):
     kind: ClassVar[str] = "batch_failed"
     batch: int
-    failure: str  # unreachable | task_failed | probe_failed | balancer | drain_timeout | ...
+    failure: Failure
     cause: str
     hosts: tuple[str, ...]
 

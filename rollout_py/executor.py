@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 
 from rollout_py._lifeline import lifeline_env
 from rollout_py.errors import ControllerError
+from rollout_py.events import Failure
 from rollout_py.procs import close_ssh_masters
 from rollout_py.redact import Redactor
 from rollout_py.resources import roles_path
@@ -43,7 +45,7 @@ class RunResult:
     def ok(self) -> bool:
         return self.status == "successful" and all(v == "ok" for v in self.hosts.values())
 
-    def failure_kind(self) -> str:
+    def failure_kind(self) -> Failure:
         if any(v.startswith("unreachable") for v in self.hosts.values()):
             return "unreachable"
         if self.status == "canceled":
@@ -104,9 +106,30 @@ def previous_versions_from_artifacts(runs: Path) -> dict[str, str | None]:
     return found
 
 
+# What a line that says what went wrong looks like (ssh's "Host key verification failed.",
+# "Permission denied (publickey).", "Connection refused", ...).
+_VERDICT = re.compile(r"failed|denied|refused|timed out|unreachable|no route|not known|"
+                      r"could not|cannot|error", re.IGNORECASE)
+
+
 def _short(msg: Any, limit: int = 300) -> str:
-    text = " ".join(str(msg).split())
-    return text if len(text) <= limit else text[:limit] + "..."
+    """The message on one line, cut to about ``limit`` characters. ssh prints what failed last,
+    after banners (a changed host key's warning alone is longer than 300 characters), so a cut
+    message keeps its last line naming a failure (or its last line) at the end."""
+    raw = str(msg)
+    text = " ".join(raw.split())
+    if len(text) <= limit:
+        return text
+    lines = [" ".join(line.split()) for line in raw.splitlines()]
+    lines = [line for line in lines if line.strip("@ ")]  # not blank, not a banner of @
+    if len(lines) < 2:
+        return text[:limit] + "..."
+    verdict = next((line for line in reversed(lines) if _VERDICT.search(line)), lines[-1])
+    verdict = verdict[:limit // 2]
+    head = text[:max(0, limit - len(verdict))]
+    if verdict in head:
+        return head + "..."
+    return f"{head} ... {verdict}"
 
 
 class AnsibleExecutor:

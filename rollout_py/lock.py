@@ -24,7 +24,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from rollout_py.errors import InputError, PreflightError
+from rollout_py.errors import InputError, LockHeldError
+
+# LockHeldError lives in the exception tree (rollout_py.errors); importable from here too.
+__all__ = ["FleetLock", "Holder", "LockHeldError", "fleet_key"]
 
 # How long to poll between two flock attempts while waiting.
 _POLL = 0.05
@@ -116,21 +119,6 @@ class Holder:
         line = f"{what} by {self.user}@{self.host}{pid} since {since}"
         message = " ".join(self.message.split())
         return f"{line}: {message}" if message else line
-
-
-class LockHeldError(PreflightError):
-    """The fleet is locked by another deploy or a manual hold; ``holder`` says by whom.
-
-    Example:
-        >>> err = LockHeldError(Holder(None, "bob", "ops", None, 0.0, "db move", "hold"))
-        >>> err.holder.user
-        'bob'
-    """
-
-    def __init__(self, holder: Holder) -> None:
-        hint = " (`rollout lock release` removes it)" if holder.kind == "hold" else ""
-        super().__init__(f"fleet is locked: {holder.describe()}{hint}")
-        self.holder = holder
 
 
 def _user() -> str:

@@ -71,6 +71,24 @@ class Plan:
         return (f"on failure ({self.on_failure}): roll back {scope}: drain and MAINT on every LB, "
                 f"run {how}, probe, then restore each server's recorded state and weight")
 
+    def identity(self) -> dict[str, Any]:
+        """The plan's structure, without prose: what resume checks has not changed (a reworded
+        message in a newer rollout_py must not stop a resume).
+
+        Example:
+            >>> sorted(make_plan(name="web", version="2", fleet=["a"], targets=["a"],
+            ...     servers={"a": "a"}, batches=[1], max_unavailable=None,
+            ...     current_versions={"a": "2"}, force=False, backend="app",
+            ...     sockets=["unix:///s"], on_failure="rollback_batch", playbook="p.yml",
+            ...     rollback_playbook=None, drain_timeout=30,
+            ...     pause_between_batches=0).identity()["skipped"])
+            ['a']
+        """
+        data = asdict(self)
+        data["servers"] = dict(self.servers)
+        data["skipped"] = sorted(self.skipped)  # who, not why
+        return data
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["servers"] = dict(self.servers)

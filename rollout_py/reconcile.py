@@ -30,8 +30,8 @@ from rollout_py import events as ev
 from rollout_py.planner import Plan
 
 # Failures that are not the release's: resume undoes the batch and runs it again.
-RETRYABLE: frozenset[str] = frozenset({"balancer_unreachable", "controller", "cancelled",
-                                       "capacity"})
+RETRYABLE: frozenset[ev.Failure | None] = frozenset(
+    {"balancer_unreachable", "controller", "cancelled", "capacity"})
 
 Action = Literal["stage", "finish", "undo"]
 
@@ -59,7 +59,7 @@ class Reconciliation:
     steps: tuple[Step, ...]
     done: tuple[int, ...]  # batches that succeeded and stay on the new version
     next_batch: int | None  # 1-based index of the first batch to run after the steps
-    failure: str | None  # a release failure that ends the deploy once unwound
+    failure: ev.Failure | None  # a release failure that ends the deploy once unwound
     cause: str | None
     stranded: tuple[str, ...]  # hosts a finished rollback already left out of rotation
     recorded: Mapping[int, Mapping[str, Mapping[str, Sequence[Any]]]] = field(
@@ -78,7 +78,7 @@ class _Batch:
     verified: set[str] = field(default_factory=set)
     enabled: bool = False
     succeeded: bool = False
-    failure: str | None = None
+    failure: ev.Failure | None = None
     cause: str | None = None
     rollback_started: bool = False
     rollback_upgrade_done: bool = False
@@ -160,12 +160,13 @@ def reconcile(events: Sequence[ev.Event], plan: Plan, *, exposed: frozenset[str]
 
     last = max(started, key=lambda b: b.index)
     failure = last.failure if last.failure not in RETRYABLE else None
+    ends = failure is not None  # the deploy goes no further than unwinding
     cause = last.cause
     rerun = True
     if last.rollback_finished and last.stranded:
         # Hosts are out of rotation on an unknown release: a person decides, not resume.
         stranded += last.stranded
-        failure, cause = last.failure or "stranded", last.cause or "a rollback left hosts out"
+        ends, cause = True, last.cause or "a rollback left hosts out of rotation"
     elif last.rollback_finished:
         pass  # undone already; runs again unless the release failed
     elif last.rollback_started:
@@ -185,8 +186,8 @@ def reconcile(events: Sequence[ev.Event], plan: Plan, *, exposed: frozenset[str]
         undo(last, f"batch {last.index} was caught mid-way: rolling it back, then running it "
              "again")
 
-    if failure is not None:
-        if plan.on_failure == "rollback_all" and last.failure not in (None, *RETRYABLE):
+    if ends:
+        if plan.on_failure == "rollback_all" and failure is not None:
             for b in sorted((b for b in started if b.index < last.index), key=lambda b: -b.index):
                 if b.rollback_finished:
                     stranded += b.stranded
@@ -203,7 +204,8 @@ def reconcile(events: Sequence[ev.Event], plan: Plan, *, exposed: frozenset[str]
                    None, None, stranded, batches)
 
 
-def _result(steps: list[Step], done: list[int], next_batch: int | None, failure: str | None,
+def _result(steps: list[Step], done: list[int], next_batch: int | None,
+            failure: ev.Failure | None,
             cause: str | None, stranded: list[str], batches: Mapping[int, _Batch]
             ) -> Reconciliation:
     return Reconciliation(steps=tuple(steps), done=tuple(done), next_batch=next_batch,

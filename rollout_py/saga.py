@@ -12,7 +12,7 @@ from typing import Any
 
 from rollout_py import events as ev
 from rollout_py.balancer.fleet import Balancer, Recorded, Snapshot, not_up
-from rollout_py.balancer.runtime import ServerState
+from rollout_py.balancer.runtime import ServerState, admin_state
 from rollout_py.executor import Executor
 from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.probes import Check, Prober
@@ -30,7 +30,7 @@ class LBLost(Exception):
 class BatchFailure(Exception):
     """A step of a batch failed; ``failure`` is the class of the failure."""
 
-    def __init__(self, failure: str, cause: str, hosts: Sequence[str] = ()) -> None:
+    def __init__(self, failure: ev.Failure, cause: str, hosts: Sequence[str] = ()) -> None:
         super().__init__(cause)
         self.failure, self.cause, self.hosts = failure, cause, tuple(hosts)
 
@@ -66,7 +66,7 @@ def snapshot_of(recorded: Mapping[str, Mapping[str, Sequence[Any]]] | None) -> S
     """The LB state recorded before a batch's drain, from its journal event."""
     if not recorded:
         return None
-    return {url: {srv: Recorded(str(v[0]), int(v[1])) for srv, v in per.items()}
+    return {url: {srv: Recorded(admin_state(str(v[0])), int(v[1])) for srv, v in per.items()}
             for url, per in recorded.items()}
 
 
@@ -137,7 +137,7 @@ class SagaBase:
     _previous: dict[str, str | None]
     _journal_failed: str | None
     _current: Applied | None
-    _last_failure: str | None
+    _last_failure: ev.Failure | None
     _undid: bool  # a rollback ran in this run: the outcome is no mere stop
     _foreign: dict[str, str]  # "lb server" -> what someone else set
 

@@ -7,10 +7,10 @@ touched.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from rollout_py.errors import SpecError
+from rollout_py.specload import Loaded, load_yaml, read_spec_text, split_leading_path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HAPROXY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -33,9 +34,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _count_or_percent(value: int | str, *, field: str, allow_zero: bool = False) -> int | str:
+def _kind(value: Any) -> str:
+    """A value as the YAML author wrote it, for messages: ``1.5``, ``a list``, ``null``."""
+    if value is None:
+        return "null"
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "a mapping"
+    return repr(value)
+
+
+def _count_or_percent(value: Any, *, field: str, allow_zero: bool = False) -> int | str:
+    # Takes any YAML value: anything but an int or a str is refused here, with the field's
+    # name, rather than reaching str methods (a traceback) or the planner's arithmetic.
     if isinstance(value, bool):
         raise ValueError(f"{field} must be a whole number or 'N%', not a boolean")
+    if not isinstance(value, int | str):
+        raise ValueError(f"{field} must be a whole number or a percentage like '25%', "
+                         f"not {_kind(value)}")
     if isinstance(value, int):
         if value < (0 if allow_zero else 1):
             raise ValueError(f"{field} must be {'0 or more' if allow_zero else 'at least 1'}, "
@@ -198,9 +213,7 @@ class NotifySpec(_Model):
 
 
 def _batch_size(value: Any) -> Any:
-    if isinstance(value, int | str):
-        return _count_or_percent(value, field="batch size")
-    return value
+    return _count_or_percent(value, field="batch size")
 
 
 BatchSize = Annotated[int | str, BeforeValidator(_batch_size)]
@@ -267,21 +280,39 @@ class Spec(_Model):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not part of the spec; check its spelling)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"  {loc}: {msg}")
+_PROBE_ERROR = re.compile(r"probe (\d+)(?: \(\w+\): ([\w.]+):)?")
+
+
+def _error_line(err: Any, positions: Loaded | None) -> str:
+    """``  file:line:col: field.path: what was expected`` (no position for in-memory data)."""
+    loc: tuple[str | int, ...] = tuple(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (not part of the spec; check its spelling)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    if not loc:  # a model-level check names its field first: "health.probes: ..."
+        loc, msg = split_leading_path(msg)
+    elif msg.startswith(f"{loc[-1]} "):  # "max_unavailable: must be ...", said once
+        msg = msg[len(str(loc[-1])) + 1:]
+    text = ".".join(str(p) for p in loc) or "(top level)"
+    if positions is None:
+        return f"  {text}: {msg}"
+    at: Sequence[str | int] = loc
+    m = _PROBE_ERROR.match(msg) if loc == ("health", "probes") else None
+    if m:  # probes are validated one by one; point at the probe (and its key) meant
+        at = (*loc, m.group(1), *(m.group(2).split(".") if m.group(2) else ()))
+    return f"  {positions.where(at, key=err['type'] == 'extra_forbidden')}: {text}: {msg}"
+
+
+def _format_errors(source: str, exc: ValidationError, positions: Loaded | None = None) -> str:
+    lines = [_error_line(err, positions) for err in exc.errors()]
     return f"{source}: invalid rollout spec:\n" + "\n".join(lines)
 
 
-def parse_spec(data: Any, *, source: str = "<memory>", base_dir: str = ".") -> Spec:
-    """Validates already-loaded spec data.
+def parse_spec(data: Any, *, source: str = "<memory>", base_dir: str = ".",
+               positions: Loaded | None = None) -> Spec:
+    """Validates already-loaded spec data; with ``positions`` errors say ``file:line:col``.
 
     Example:
         >>> parse_spec({"name": "web", "inventory": "inv.ini", "playbook": "p.yml",
@@ -290,16 +321,17 @@ def parse_spec(data: Any, *, source: str = "<memory>", base_dir: str = ".") -> S
         'web'
     """
     if not isinstance(data, dict):
-        raise SpecError(f"{source}: a rollout spec must be a YAML mapping, "
-                        f"not {type(data).__name__}")
+        what = "an empty file" if data is None else _kind(data)
+        raise SpecError(f"{source}: a rollout spec must be a YAML mapping, not {what}")
     for reserved in ("source", "base_dir"):
         if reserved in data:
-            raise SpecError(f"{source}: invalid rollout spec:\n  {reserved}: unknown key "
+            where = f"{positions.where((reserved,), key=True)}: " if positions else ""
+            raise SpecError(f"{source}: invalid rollout spec:\n  {where}{reserved}: unknown key "
                             "(not part of the spec; check its spelling)")
     try:
         return Spec.model_validate({**data, "source": source, "base_dir": base_dir})
     except ValidationError as exc:
-        raise SpecError(_format_errors(source, exc)) from None
+        raise SpecError(_format_errors(source, exc, positions)) from None
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -309,12 +341,6 @@ def load_spec(path: str | Path) -> Spec:
         >>> spec = load_spec("rollout.yml")  # doctest: +SKIP
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the rollout spec: {exc.strerror or exc}") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_spec(data, source=str(path), base_dir=str(path.resolve().parent))
+    loaded = load_yaml(read_spec_text(path), source=str(path))
+    return parse_spec(loaded.data, source=str(path), base_dir=str(path.resolve().parent),
+                      positions=loaded)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout_py.balancer.fleet import Recorded, Snapshot
-from rollout_py.balancer.runtime import ServerState
+from rollout_py.balancer.runtime import AdminState, ServerState, SetState, admin_state
 from rollout_py.errors import BalancerError
 from rollout_py.executor import Cancel, RunResult
 from rollout_py.probes import Check, Prober
@@ -31,7 +31,7 @@ _ADMIN_BITS = {"READY": 0, "DRAIN": 0x08, "MAINT": 0x01}
 
 @dataclass
 class FakeServer:
-    admin: str = "READY"
+    admin: AdminState = "READY"
     weight: int = 1
     sessions: int = 0
 
@@ -192,11 +192,11 @@ class FakeBalancer:
         return {lb: {s: Recorded(self.fleet.servers[lb][s].admin, self.fleet.servers[lb][s].weight)
                      for s in servers} for lb in self.fleet.lbs}
 
-    def set_state(self, servers: Sequence[str], state: str) -> None:
+    def set_state(self, servers: Sequence[str], state: SetState) -> None:
         self._maybe_fail(state)
         for lb in self.fleet.lbs:
             for s in servers:
-                self.fleet.servers[lb][s].admin = state.upper()
+                self.fleet.servers[lb][s].admin = admin_state(state.upper())
                 if state == "maint":
                     self.fleet.servers[lb][s].sessions = 0
         self.fleet.record(f"{state} {','.join(servers)}")

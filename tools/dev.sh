@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up this machine (Debian, as root) and runs rollout_py's demo or its whole test suite.
 #   bash tools/dev.sh demo   # set up, bring the lab up, show it serving through HAProxy
-#   bash tools/dev.sh test   # set up, run every test (unit, integration, molecule)
+#   bash tools/dev.sh test   # set up; fast checks (ruff, mypy --strict, ansible-lint, unit
+#                            # tests), then the lab tests (integration, chaos, molecule)
+#   bash tools/dev.sh test ARGS...   # set up, then pytest ARGS (e.g. one test file)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -77,7 +79,20 @@ case "${1:-}" in
         setup
         shift
         # pytest exits 5 when no test ran: that fails here like any other failure.
-        exec "$VENV/bin/python" -m pytest "$@"
+        if [ $# -gt 0 ]; then
+            exec "$VENV/bin/python" -m pytest "$@"
+        fi
+        # Fast checks first: a type error or a lint violation fails in about a minute.
+        echo "== ruff"
+        "$VENV/bin/ruff" check rollout_py tests benchmarks tools inventory
+        echo "== mypy --strict (package and tests)"
+        "$VENV/bin/mypy"
+        echo "== ansible-lint (production profile)"
+        "$VENV/bin/ansible-lint" --offline --profile production playbooks roles
+        echo "== unit tests"
+        "$VENV/bin/python" -m pytest tests/unit -q
+        echo "== lab tests (integration, faults, molecule)"
+        exec "$VENV/bin/python" -m pytest tests/integration tests/chaos
         ;;
     *)
         echo "usage: bash tools/dev.sh demo|test [args]" >&2

@@ -10,7 +10,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rollout_py.balancer.runtime import RuntimeAPI, ServerState
+from rollout_py.balancer.runtime import (
+    AdminState,
+    RuntimeAPI,
+    ServerState,
+    SetState,
+    set_state_of,
+)
 from rollout_py.errors import BalancerError, BalancerUnreachable
 
 
@@ -18,7 +24,7 @@ from rollout_py.errors import BalancerError, BalancerUnreachable
 class Recorded:
     """A server's admin state and weight on one LB, as found before rollout_py touched it."""
 
-    admin: str  # READY | DRAIN | MAINT
+    admin: AdminState
     weight: int
 
 
@@ -34,7 +40,7 @@ class Balancer(Protocol):
     def states(self) -> dict[str, dict[str, ServerState]]: ...
     def admin_levels(self) -> dict[str, bool]: ...
     def snapshot(self, servers: Sequence[str]) -> Snapshot: ...
-    def set_state(self, servers: Sequence[str], state: str) -> None: ...
+    def set_state(self, servers: Sequence[str], state: SetState) -> None: ...
     def sessions(self, servers: Sequence[str]) -> dict[str, int]: ...
     def sessions_by_lb(self, servers: Sequence[str]) -> dict[str, dict[str, int]]: ...
     def shutdown_sessions(self, servers: Sequence[str]) -> None: ...
@@ -72,7 +78,7 @@ class HAProxyFleet:
             snap[url] = {s: Recorded(states[s].admin, states[s].weight) for s in servers}
         return snap
 
-    def set_state(self, servers: Sequence[str], state: str) -> None:
+    def set_state(self, servers: Sequence[str], state: SetState) -> None:
         for api in self.apis:
             for server in servers:
                 api.set_state(self.backend, server, state)
@@ -109,7 +115,7 @@ class HAProxyFleet:
                 rec = snapshot[api.url][server]
                 try:
                     api.set_weight(self.backend, server, rec.weight)
-                    api.set_state(self.backend, server, rec.admin.lower())
+                    api.set_state(self.backend, server, set_state_of(rec.admin))
                 except BalancerError as exc:
                     errors.append(exc)
         if errors:

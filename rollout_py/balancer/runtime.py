@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from rollout_py.balancer.transports import Transport
 from rollout_py.errors import BalancerError, UnsafeNameError
@@ -22,6 +23,23 @@ _MAINT_MASK = ADMF_FMAINT | ADMF_IMAINT | ADMF_CMAINT | ADMF_RMAINT | ADMF_HMAIN
 _DRAIN_MASK = ADMF_FDRAIN | ADMF_IDRAIN
 
 OP_STATES = {0: "STOPPED", 1: "STARTING", 2: "RUNNING", 3: "STOPPING"}
+# A server's admin state as ``show servers state`` reports it, and as ``set server`` sets it.
+AdminState = Literal["READY", "DRAIN", "MAINT"]
+SetState = Literal["ready", "drain", "maint"]
+
+
+def set_state_of(admin: AdminState) -> SetState:
+    """The ``set server ... state`` word that puts a server back in ``admin``."""
+    words: dict[AdminState, SetState] = {"READY": "ready", "DRAIN": "drain", "MAINT": "maint"}
+    return words[admin]
+
+
+def admin_state(text: str) -> AdminState:
+    """READY, DRAIN or MAINT from text (a journal's recorded state); ValueError otherwise."""
+    for state in ("READY", "DRAIN", "MAINT"):
+        if text == state:
+            return state
+    raise ValueError(f"not an admin state: {text!r}")
 
 # First words of the runtime API's plain-text error answers.
 _ERROR_PREFIXES = (
@@ -71,7 +89,7 @@ class ServerState:
         return bool(self.admin_state & _DRAIN_MASK)
 
     @property
-    def admin(self) -> str:
+    def admin(self) -> AdminState:
         """READY, DRAIN or MAINT, as ``set server ... state`` names them."""
         if self.maint:
             return "MAINT"
@@ -196,7 +214,7 @@ class RuntimeAPI:
         validate_name("backend", backend)
         return parse_stat_csv(self.raw(f"show stat {backend} 4 -1"))
 
-    def set_state(self, backend: str, server: str, state: str) -> None:
+    def set_state(self, backend: str, server: str, state: SetState) -> None:
         if state not in ("ready", "drain", "maint"):
             raise ValueError(f"state must be ready, drain or maint, not {state!r}")
         self._set(backend, server, f"state {state}")

@@ -91,6 +91,27 @@ class SshOptions:
     timeout: float = 10.0
 
 
+def _host_key_hint(exc: Exception, host: str, port: int, options: SshOptions) -> str | None:
+    """What to set when paramiko refuses an LB host's key (unknown, or not the one recorded)."""
+    import paramiko
+
+    entry = host if port == 22 else f"[{host}]:{port}"
+    if isinstance(exc, paramiko.BadHostKeyException):
+        where = options.known_hosts or "~/.ssh/known_hosts"
+        return (f"the key {entry} presents is not the one in {where}; if the LB host was "
+                "reinstalled, replace its line there (ssh-keygen -R, then add the new key)")
+    if "not found in known_hosts" not in str(exc):
+        return None
+    if options.known_hosts:
+        return (f"add {entry}'s host key to {options.known_hosts} (the UserKnownHostsFile "
+                "haproxy.ssh_config names for it), e.g. from the LB host's "
+                "/etc/ssh/ssh_host_ed25519_key.pub")
+    return ("set haproxy.ssh_config in the spec to an ssh_config file with a "
+            f"'Host {host}' entry whose UserKnownHostsFile holds {entry}'s host key "
+            "(IdentityFile and BindAddress are read there too); without it only "
+            "~/.ssh/known_hosts is searched")
+
+
 def ssh_connect(user: str, host: str, port: int, options: SshOptions) -> paramiko.SSHClient:
     """Opens an SSH connection to an LB host with host-key checking on (unknown keys are refused).
 
@@ -120,6 +141,14 @@ def ssh_connect(user: str, host: str, port: int, options: SshOptions) -> paramik
             timeout=options.timeout, allow_agent=False,
             look_for_keys=options.key_filename is None, sock=sock,
         )
+    except paramiko.SSHException as exc:
+        client.close()
+        if sock is not None:
+            sock.close()
+        hint = _host_key_hint(exc, host, port, options)
+        if hint:
+            raise paramiko.SSHException(f"{exc}: {hint}") from exc
+        raise
     except BaseException:
         client.close()
         if sock is not None:

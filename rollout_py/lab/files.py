@@ -14,12 +14,7 @@ def inventory(layout: Layout) -> str:
         lines += ["", "[lb]"] + [f"{h.name} ansible_host={h.address}" for h in layout.lb_hosts]
     lines += [
         "", "[all:vars]",
-        "ansible_user=root",
-        f"ansible_ssh_private_key_file={layout.key}",
-        f"ansible_ssh_common_args=-F {layout.ssh_config}",
-        f"ansible_python_interpreter={layout.host_python}",
-        f"ansible_control_path_dir={layout.run_dir / 'cp'}",
-        f"rollout_artifact_dir={layout.artifacts}",
+        *(f"{k}={v}" for k, v in layout.ansible_vars().items()),
         "",
     ]
     return "\n".join(lines)

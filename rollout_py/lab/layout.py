@@ -142,6 +142,18 @@ class Layout:
         data["lbs"] = [LbSpec(**lb) for lb in data.get("lbs", [])]
         return cls(**data)
 
+    def ansible_vars(self) -> dict[str, str]:
+        """Connection variables every lab host shares (inventory.ini's [all:vars], and the
+        dynamic inventory/lab reads them from lab.json)."""
+        return {
+            "ansible_user": "root",
+            "ansible_ssh_private_key_file": str(self.key),
+            "ansible_ssh_common_args": f"-F {self.ssh_config}",
+            "ansible_python_interpreter": self.host_python,
+            "ansible_control_path_dir": str(self.run_dir / "cp"),
+            "rollout_artifact_dir": str(self.artifacts),
+        }
+
     def describe(self) -> dict[str, object]:
         """lab.json's public part: what users and tests read."""
         return {
@@ -155,4 +167,5 @@ class Layout:
             "ssh": {"key": str(self.key), "config": str(self.ssh_config),
                     "known_hosts": str(self.known_hosts), "bind_address": self.gateway},
             "artifacts": str(self.artifacts),
+            "ansible_vars": self.ansible_vars(),
         }

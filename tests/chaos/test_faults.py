@@ -173,7 +173,7 @@ class SlowRequests:
     def outcomes(self) -> dict[str, str]:
         import http.client
 
-        out = {}
+        out: dict[str, str] = {}
         for host, conn in [*self.conns.items(), *(("extra", c) for c in self.extra)]:
             try:
                 body = self._responses[conn].read()

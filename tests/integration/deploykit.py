@@ -58,7 +58,8 @@ def lb_states(lab: Layout) -> dict[str, dict[str, tuple[str, str, int]]]:
     for lb in lab.lbs:
         api = lab_mod.lb_api(lab, lb)
         try:
-            out[lb.name] = {s.name: (s.admin, s.op, s.weight) for s in api.servers_state("app")}
+            out[lb.name] = {s.name: (str(s.admin), s.op, s.weight)
+                            for s in api.servers_state("app")}
         finally:
             api.close()
     return out

@@ -185,7 +185,7 @@ def test_unsafe_server_name_fails_without_sending_anything(lab: Layout, tmp_path
     # A long request in flight on app02: had the injected "shutdown sessions server app/app02"
     # reached HAProxy, it would be cut (502).
     with ThreadPoolExecutor(max_workers=8) as pool:
-        slow = []
+        slow: list[Any] = []
         api = lab_mod.lb_api(lab, lb1)
         try:
             while not any(r.name == "app02" and r.scur for r in api.stat("app")):

@@ -127,3 +127,22 @@ def test_load_300_rps_for_20_s_has_no_failures(lab: Layout) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert summary["sent"] == 6000 and summary["failed"] == 0
     assert len(summary["by_host"]) == 4
+
+
+def test_the_lab_inventory_reaches_every_host(lab: Layout) -> None:
+    """`ansible -i inventory/lab ...` as the README shows it, against the running lab."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible"), "-i", str(repo / "inventory" / "lab"),
+         "all", "-m", "ansible.builtin.raw", "-a", "hostname", "-o"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "ROLLOUT_LAB_DIR": str(lab.path),
+             "ANSIBLE_HOST_KEY_CHECKING": "True"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for host in lab.all_hosts:
+        assert f"{host.name} | CHANGED | rc=0 | (stdout) {host.name}" in proc.stdout, proc.stdout

@@ -78,9 +78,11 @@ def test_down_cleans_up_after_a_killed_up(root_required: None, tmp_path: Path) -
 
 # Runs the CLI as uid/gid 65534 (nobody). The interpreter may live where nobody cannot read
 # (e.g. under /root), so the code is imported first and privileges are dropped before main().
+# The CLI imports the lab only for `lab` commands: import it here too, as root.
 _AS_NOBODY = """
 import os, sys
 import rollout_py.cli
+import rollout_py.lab.cli
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.argv = ["rollout", *sys.argv[1:]]
 rollout_py.cli.main()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rollout_py.balancer import RuntimeAPI
+from rollout_py.balancer.runtime import SetState
 from rollout_py.lab import lab as lab_mod
 from rollout_py.lab.layout import Layout
 from rollout_py.lab.watch import Sample, Watcher, WatchSummary
@@ -39,7 +40,7 @@ def apis(lab: Layout) -> Iterator[list[RuntimeAPI]]:
             api.close()
 
 
-def set_everywhere(apis: Sequence[RuntimeAPI], server: str, state: str) -> None:
+def set_everywhere(apis: Sequence[RuntimeAPI], server: str, state: SetState) -> None:
     for api in apis:
         api.set_state("app", server, state)
 

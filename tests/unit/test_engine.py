@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rollout_py import events as ev
 from rollout_py.engine import Engine, Settings
 from rollout_py.planner import make_plan
+from rollout_py.result import DeployResult
 from rollout_py.spec import HealthSpec, HttpProbe
 from rollout_py.testing import FakeFleet
 
@@ -13,8 +16,9 @@ HOSTS = ["h1", "h2", "h3", "h4"]
 
 def run(fleet: FakeFleet, *, batches: list[int | str] | None = None, version: str = "2.0",
         on_failure: str = "rollback_batch", soak: float = 0, force_drain: bool = False,
-        max_unavailable: int | str | None = None, sinks: tuple = (),
-        engine_hook=None):  # type: ignore[no-untyped-def]
+        max_unavailable: int | str | None = None,
+        sinks: tuple[Callable[[ev.Event], None], ...] = (),
+        engine_hook: Callable[[Engine], None] | None = None) -> tuple[Engine, DeployResult]:
     plan = make_plan(
         name="t", version=version, fleet=list(fleet.hosts), targets=list(fleet.hosts),
         servers={h: h for h in fleet.hosts}, batches=batches or [1, "50%"],

@@ -11,6 +11,7 @@ import pytest
 from rollout_py.errors import InputError
 from rollout_py.lab import artifact, hosts
 from rollout_py.lab.layout import Layout
+from rollout_py.validate import validate_version
 
 
 def test_layout_names_and_addresses() -> None:
@@ -47,7 +48,7 @@ def test_the_private_dir_holding_the_lab_dir_is_mounted_last(lab_dir: str, last:
                                  "x" * 65, "1.0 ", "$(id)"])
 def test_bad_versions_are_refused(bad: str) -> None:
     with pytest.raises(InputError):
-        artifact.validate_version(bad)
+        validate_version(bad)
 
 
 def test_artifact_holds_app_and_behaviour(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def prober() -> Prober:
 
 def http(port: int, path: str, **kw: object) -> Check:
     url = f"http://127.0.0.1:{port}{path}"
-    return Check("http", url, HttpProbe(http=url, **kw))  # type: ignore[arg-type]
+    return Check("http", url, HttpProbe.model_validate({"http": url, **kw}))
 
 
 def test_http_status_body_regex_and_json(server: int) -> None:
