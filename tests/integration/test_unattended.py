@@ -222,10 +222,38 @@ def test_webhooks_and_metrics_file(lab: Layout, tmp_path: Path, webhook: str) ->
     assert hosts["upgraded"] == 4
 
 
+def test_resume_has_the_deploys_setup_webhooks_and_verbosity(lab: Layout, tmp_path: Path,
+                                                              webhook: str) -> None:
+    """Resume runs through the same setup as deploy: it notifies the spec's webhooks and
+    passes -vv on to Ansible (resume used to send nothing and ignore -v)."""
+    _Hooks.fail_first = 0
+    spec = write_spec(lab, tmp_path / "rollout.yml", batches=[2], max_unavailable=2,
+                      notify={"webhooks": [{"url": webhook}]})
+    child = start_deploy(spec, "k4")
+    assert child.stdout is not None and child.stderr is not None
+    for line in child.stdout:
+        if json.loads(line)["event"] == "servers_disabled":
+            child.send_signal(signal.SIGKILL)  # the controller this test started
+            break
+    child.wait(30)
+    child.stdout.close()
+    child.stderr.close()
+    deploy_id = state_of(spec).get().deploy_id
+    proc = rollout_cli("resume", "-f", str(spec), "-vvv")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    kinds = [(b["rollout"]["event"], b["rollout"]["deploy_id"])  # type: ignore[index]
+             for b in _Hooks.bodies]
+    assert kinds == [("start", deploy_id), ("success", deploy_id)]
+    # ansible-runner keeps each run's command line; only resume's runs were given -vvv.
+    commands = [json.loads(p.read_text())["command"]
+                for p in (state_of(spec).get().path / "runs").glob("*/artifacts/*/command")]
+    assert any("-vv" in c for c in commands), commands
+
+
 def test_webhook_down_never_blocks_or_fails_the_deploy(lab: Layout, tmp_path: Path) -> None:
-    """One webhook refuses connections, the other accepts them and never answers (with a
-    300 s timeout per attempt): the deploy still ends, exit 0, well inside the 120 s the test
-    allows the whole command, and says which notifications were not delivered."""
+    """One webhook refuses connections, the other accepts them and never answers (60 s per
+    attempt, 3 retries: 4 minutes if anything waited on it): the deploy still ends, exit 0,
+    inside the 120 s the test allows the whole command, and says what was not delivered."""
     import socket
 
     with socket.socket() as s:
@@ -239,7 +267,7 @@ def test_webhook_down_never_blocks_or_fails_the_deploy(lab: Layout, tmp_path: Pa
         spec = write_spec(lab, tmp_path / "rollout.yml", batches=[4], max_unavailable=4,
                           notify={"webhooks": [
                               {"url": dead, "retries": 1, "timeout": 1},
-                              {"url": stuck, "retries": 0, "timeout": 300}]})
+                              {"url": stuck, "retries": 3, "timeout": 60}]})
         proc = rollout_cli("deploy", "-f", str(spec), "--version", "w1", "--force",
                            timeout=120)
     finally:
