@@ -19,6 +19,8 @@ import click
 import yaml
 
 from rollout_py import __version__
+from rollout_py.cli_output import json_refusals
+from rollout_py.cli_output import run_with_outputs as _run
 from rollout_py.errors import InputError, LabPrerequisiteError, LockHeldError, RolloutError
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED = 0, 1, 2, 4
@@ -104,7 +106,11 @@ inventory_option = click.option("-i", "--inventory", default=None,
 limit_option = click.option("-l", "--limit", default=None,
                             help="Further limit the hosts (Ansible pattern).")
 force_option = click.option("--force", is_flag=True,
-                            help="Deploy also to hosts already at the version.")
+                            help="Deploy also to hosts already at the version, and to servers "
+                                 "someone put in MAINT or DRAIN (left so afterwards).")
+no_rollback_option = click.option(
+    "--allow-no-rollback", is_flag=True,
+    help="Deploy even if a failed batch could not be rolled back (no previous version known).")
 
 
 @cli.command()
@@ -135,6 +141,7 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
 
 def _unattended(fn: Any) -> Any:
     """Options shared by the commands that change the fleet (deploy, resume, rollback)."""
+    fn = json_refusals(fn, refused=EXIT_INPUT, locked=EXIT_LOCKED)
     for option in reversed([
         click.option("-e", "--extra-vars", "extra", multiple=True,
                      help="Extra variables: key=value, @file.yml, or a YAML/JSON mapping."),
@@ -157,49 +164,6 @@ def _unattended(fn: Any) -> Any:
     return fn
 
 
-def _undelivered(deploy_id: str, state_root: Path) -> dict[str, str]:
-    """Webhook notifications of the deploy that were not delivered (from its record)."""
-    path = state_root / "deploys" / deploy_id / "notifications.json"
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in report.items() if v != "delivered"}
-
-
-def _run(action: Any, *, as_json: bool, log_file: Path | None, metrics_file: Path | None,
-         verbose: int, state_root: Path) -> int:
-    """Runs a deploy-like action with the console/JSON/log sinks; reports; writes metrics."""
-    import time
-
-    from rollout_py.metrics import write_metrics
-    from rollout_py.report import console_sink, json_sink, result_json, result_lines
-
-    sinks = [json_sink(sys.stdout) if as_json else console_sink(sys.stdout, verbose=verbose > 0)]
-    log = None
-    if log_file is not None:
-        log = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-        sinks.append(console_sink(log, verbose=True, wall_clock=True))
-    started = time.time()
-    try:
-        result = action(sinks)
-        for webhook, delivery in _undelivered(result.deploy_id, state_root).items():
-            click.echo(f"rollout: warning: webhook {webhook}: {delivery}", err=True)
-        lines = result_lines(result)
-        if as_json:
-            click.echo(json.dumps(result_json(result)))
-        else:
-            click.echo("\n".join(lines))
-        if log is not None:
-            log.write("\n".join(lines) + "\n")
-        if metrics_file is not None:
-            write_metrics(metrics_file, result, started=started, finished=time.time())
-        return int(result.exit_code)
-    finally:
-        if log is not None:
-            log.close()
-
-
 @cli.command()
 @spec_option
 @version_option
@@ -208,11 +172,13 @@ def _run(action: Any, *, as_json: bool, log_file: Path | None, metrics_file: Pat
 @force_option
 @click.option("--force-drain", is_flag=True,
               help="After drain_timeout, shut the remaining sessions instead of failing.")
+@no_rollback_option
 @_unattended
 def deploy(spec_file: Path, version: str, inventory: str | None, limit: str | None,
-           force: bool, force_drain: bool, extra: tuple[str, ...], secret_vars: tuple[str, ...],
-           state_dir: Path | None, lock_wait: float, as_json: bool, log_file: Path | None,
-           metrics_file: Path | None, verbose: int) -> int:
+           force: bool, force_drain: bool, allow_no_rollback: bool, extra: tuple[str, ...],
+           secret_vars: tuple[str, ...], state_dir: Path | None, lock_wait: float,
+           as_json: bool, log_file: Path | None, metrics_file: Path | None,
+           verbose: int) -> int:
     """Roll VERSION out in batches: drain, upgrade, probe, enable; roll back on failure."""
     from rollout_py import api
 
@@ -220,8 +186,9 @@ def deploy(spec_file: Path, version: str, inventory: str | None, limit: str | No
     extravars = parse_extravars(extra)
     return _run(lambda sinks: api.deploy(
         spec, version=version, inventory=inventory, limit=limit, extravars=extravars,
-        secret_vars=secret_vars, force=force, force_drain=force_drain, sinks=sinks,
-        state_dir=state_dir, lock_wait=lock_wait, verbosity=max(0, verbose - 1)),
+        secret_vars=secret_vars, force=force, force_drain=force_drain,
+        allow_no_rollback=allow_no_rollback, sinks=sinks, state_dir=state_dir,
+        lock_wait=lock_wait, verbosity=max(0, verbose - 1)),
         as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose,
         state_root=state_dir or spec.state_path())
 
@@ -232,10 +199,13 @@ def deploy(spec_file: Path, version: str, inventory: str | None, limit: str | No
               help="Version to return to (default: the one before the last successful deploy).")
 @inventory_option
 @limit_option
+@force_option
+@no_rollback_option
 @_unattended
 def rollback(spec_file: Path, target: str | None, inventory: str | None, limit: str | None,
-             extra: tuple[str, ...], secret_vars: tuple[str, ...], state_dir: Path | None,
-             lock_wait: float, as_json: bool, log_file: Path | None, metrics_file: Path | None,
+             force: bool, allow_no_rollback: bool, extra: tuple[str, ...],
+             secret_vars: tuple[str, ...], state_dir: Path | None, lock_wait: float,
+             as_json: bool, log_file: Path | None, metrics_file: Path | None,
              verbose: int) -> int:
     """Return the whole fleet to the previous (or named) version, with the same safety."""
     from rollout_py import api
@@ -248,8 +218,8 @@ def rollback(spec_file: Path, target: str | None, inventory: str | None, limit: 
     extravars = parse_extravars(extra)
     return _run(lambda sinks: api.deploy(
         spec, version=version, inventory=inventory, limit=limit, extravars=extravars,
-        secret_vars=secret_vars, sinks=sinks, state_dir=state_dir, lock_wait=lock_wait,
-        verbosity=max(0, verbose - 1)),
+        secret_vars=secret_vars, force=force, allow_no_rollback=allow_no_rollback,
+        sinks=sinks, state_dir=state_dir, lock_wait=lock_wait, verbosity=max(0, verbose - 1)),
         as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose,
         state_root=state_dir or spec.state_path())
 

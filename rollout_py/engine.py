@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,6 +74,11 @@ class Engine(BatchSteps, UndoSteps):
         self._callback_error: str | None = None
         self._previous: dict[str, str | None] = dict(settings.known_versions)
         self._lock = threading.Lock()
+        # Held while an event is numbered and handed to the sinks (see emit); reentrant, so a
+        # sink that emits queues its event in _backlog instead of deadlocking.
+        self._emit_lock = threading.RLock()
+        self._delivering = False
+        self._backlog: deque[ev.Event] = deque()
         self._redactor = redactor or Redactor()
         self._journal_failed: str | None = None
         self._current: Applied | None = None
@@ -82,10 +88,33 @@ class Engine(BatchSteps, UndoSteps):
 
     # --- events --------------------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
-        with self._lock:
-            self._seq += 1
-            event = self._redactor.data(cls(deploy_id=self.deploy_id, seq=self._seq, **fields))
-            self._events.append(event)
+        """Numbers the event and hands it to every sink (the journal first) before returning.
+
+        Probe threads and the guard thread emit too: the sinks see one event at a time, in
+        ``seq`` order (numbering and delivery share a lock). An event emitted by a sink itself
+        (same thread) is delivered once the current one has reached every sink; ``interrupt``
+        takes no lock, so a sink (or a signal handler) may call it at any time.
+        """
+        with self._emit_lock:
+            with self._lock:
+                self._seq += 1
+                event = self._redactor.data(cls(deploy_id=self.deploy_id, seq=self._seq,
+                                                **fields))
+                self._events.append(event)
+            if self._delivering:  # emitted by a sink: after the event being delivered
+                self._backlog.append(event)
+                return event
+            self._delivering = True
+            try:
+                self._deliver(event)
+                while self._backlog:
+                    self._deliver(self._backlog.popleft())
+            finally:
+                self._delivering = False
+                self._backlog.clear()  # only left over when a journal write failed
+        return event
+
+    def _deliver(self, event: ev.Event) -> None:
         for sink in self._sinks:
             critical = getattr(sink, "critical", False)
             if critical and self._journal_failed:
@@ -100,7 +129,6 @@ class Engine(BatchSteps, UndoSteps):
                 if self._callback_error is None:
                     self._callback_error = f"event consumer raised {type(exc).__name__}: {exc}"
                     self._stop_after_batch.set()
-        return event
 
     @property
     def events(self) -> tuple[ev.Event, ...]:

@@ -44,7 +44,38 @@ class PreflightError(InputError):
 
 
 class LockHolder(Protocol):
-    """What LockHeldError needs of a holder; ``rollout_py.lock.Holder`` is the one used."""
+    """Who holds a fleet, as LockHeldError carries it: ``rollout_py.lock.Holder`` is the one
+    used (described here so that this module imports nothing of rollout_py)."""
+
+    @property
+    def pid(self) -> int | None:
+        """The holding deploy's process (None for a manual hold or an unknown holder)."""
+        ...
+
+    @property
+    def user(self) -> str:
+        """Who started the deploy or left the hold."""
+        ...
+
+    @property
+    def host(self) -> str:
+        """The machine it runs on."""
+        ...
+
+    @property
+    def deploy_id(self) -> str | None:
+        """The holding deploy's id, if it is a deploy."""
+        ...
+
+    @property
+    def started(self) -> float:
+        """Since when (Unix time; negative if unknown)."""
+        ...
+
+    @property
+    def message(self) -> str:
+        """Why, as its holder said."""
+        ...
 
     @property
     def kind(self) -> str:
@@ -53,6 +84,10 @@ class LockHolder(Protocol):
 
     def describe(self) -> str:
         """One line naming who holds the fleet, since when, pid, deploy id and message."""
+        ...
+
+    def to_json(self) -> str:
+        """The holder as one line of JSON."""
         ...
 
 

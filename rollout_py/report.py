@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 from rollout_py import events as ev
@@ -154,10 +154,31 @@ def json_sink(out: IO[str]) -> Callable[[ev.Event], None]:
     return sink
 
 
-def result_lines(result: DeployResult) -> list[str]:
+def found_out(events: Iterable[ev.Event]) -> dict[str, dict[str, str]]:
+    """Servers already out of rotation (DRAIN or MAINT) before the deploy touched them:
+    server -> LB url -> admin state. The deploy left them so; it did not put them in rotation.
+
+    Example:
+        >>> found_out(read_journal(record.journal))  # doctest: +SKIP
+        {'app01': {'unix:///run/lb2.sock': 'MAINT'}}
+    """
+    out: dict[str, dict[str, str]] = {}
+    for e in events:
+        if isinstance(e, ev.DrainStarted):
+            for key, admin in e.found_out.items():
+                url, _, server = key.rpartition(" ")
+                out.setdefault(server, {})[url] = admin
+    return out
+
+
+def result_lines(result: DeployResult,
+                 found: Mapping[str, Mapping[str, str]] | None = None) -> list[str]:
+    """The final lines; ``found`` (see ``found_out``) lists servers left out as found."""
+    found = found or {}
     lines = [f"{result.status} (exit {result.exit_code})"
              + (f": {result.cause}" if result.cause else ""),
-             f"  fleet: {result.fleet_state}"]
+             f"  fleet: {result.fleet_state}"
+             + (" (except the servers left out of rotation as found, below)" if found else "")]
     by_outcome: dict[str, list[str]] = {}
     for host in result.hosts.values():
         by_outcome.setdefault(host.outcome, []).append(
@@ -165,6 +186,13 @@ def result_lines(result: DeployResult) -> list[str]:
             if host.outcome in ("upgraded", "rolled_back") else host.host)
     for outcome, hosts in by_outcome.items():
         lines.append(f"  {outcome}: {', '.join(hosts)}")
+    by_state: dict[str, list[str]] = {}
+    for server, per in sorted(found.items()):
+        for admin in sorted(set(per.values())):
+            lbs = ", ".join(sorted(url for url, a in per.items() if a == admin))
+            by_state.setdefault(admin, []).append(f"{server} ({lbs})")
+    for admin, servers in sorted(by_state.items()):
+        lines.append(f"  left in {admin} as found before the deploy: {', '.join(servers)}")
     if result.stranded:
         lines.append(f"  OUT OF ROTATION (MAINT), fix by hand: {', '.join(result.stranded)}")
     if result.resumable:
@@ -172,5 +200,19 @@ def result_lines(result: DeployResult) -> list[str]:
     return lines
 
 
-def result_json(result: DeployResult) -> dict[str, Any]:
-    return {"result": result.to_json()}
+def result_json(result: DeployResult,
+                found: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Any]:
+    """``{"result": {...}}``; with ``found``, also ``left_out_as_found`` (server -> LB ->
+    DRAIN|MAINT)."""
+    data = result.to_json()
+    if found is not None:
+        data["left_out_as_found"] = {k: dict(v) for k, v in found.items()}
+    return {"result": data}
+
+
+def refusal_json(cause: str, *, status: str = "refused", exit_code: int = 2,
+                 deploy_id: str | None = None) -> dict[str, Any]:
+    """The result of a deploy refused before it touched anything (``--json``): status
+    ``refused`` (exit 2: input or preflight) or ``locked`` (exit 4), and why."""
+    return {"result": {"deploy_id": deploy_id, "status": status, "exit_code": exit_code,
+                       "cause": cause}}

@@ -28,7 +28,7 @@ from rollout_py.balancer.fleet import Balancer, HAProxyFleet
 from rollout_py.balancer.lease import FleetLease, acquire_fleet_lease
 from rollout_py.balancer.runtime import RuntimeAPI
 from rollout_py.balancer.transports import SshOptions, open_transport
-from rollout_py.errors import InputError
+from rollout_py.errors import BalancerError, InputError, PreflightError
 from rollout_py.executor import AnsibleExecutor, Executor
 from rollout_py.lock import FleetLock, fleet_key
 from rollout_py.notify import Notifier, Webhook
@@ -146,10 +146,14 @@ class FleetSession:
                                fleet_key(self.spec.name, self.ctx.inventory_source))
         self._lock.acquire(deploy_id=deploy_id, message=message, wait=self.lock_wait)
         if self._given_balancer is None:  # doubles in tests have no LB to hold a lease on
-            self._lease = acquire_fleet_lease(
-                self.spec.haproxy.sockets, self.spec.haproxy.backend,
-                ssh=ssh_options_for(self.spec), deploy_id=deploy_id, message=message,
-                wait=self.lock_wait)
+            try:
+                self._lease = acquire_fleet_lease(
+                    self.spec.haproxy.sockets, self.spec.haproxy.backend,
+                    ssh=ssh_options_for(self.spec), deploy_id=deploy_id, message=message,
+                    wait=self.lock_wait)
+            except BalancerError as exc:  # an LB we cannot reach: refused, nothing touched
+                raise PreflightError(f"preflight refused: cannot take the fleet lease: {exc}"
+                                     ) from exc
 
     @property
     def balancer(self) -> Balancer:

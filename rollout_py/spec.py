@@ -48,6 +48,8 @@ def _count_or_percent(value: Any, *, field: str, allow_zero: bool = False) -> in
     # name, rather than reaching str methods (a traceback) or the planner's arithmetic.
     if isinstance(value, bool):
         raise ValueError(f"{field} must be a whole number or 'N%', not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 2.0 is 2, as pydantic took it before this check existed
     if not isinstance(value, int | str):
         raise ValueError(f"{field} must be a whole number or a percentage like '25%', "
                          f"not {_kind(value)}")

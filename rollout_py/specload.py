@@ -226,7 +226,8 @@ def load_yaml(text: str, *, source: str) -> Loaded:
         loader.dispose()
     if loader.duplicates:
         lines = []
-        for first, again in loader.duplicates:
+        # In the file's order (PyYAML builds a mapping before the mappings inside it).
+        for first, again in sorted(loader.duplicates, key=lambda d: d[1].start_mark.index):
             path = walker.key_paths.get(id(again), (str(again.value),))
             at = Position.of(again.start_mark)
             lines.append(f"  {source}:{at.line}:{at.column}: {'.'.join(path)}: duplicate key "

@@ -46,10 +46,16 @@ def _print_summary(layout: Layout) -> None:
 
 
 @lab.command()
-@dir_option
-def down(lab_dir: Path) -> int:
+@click.option("--dir", "lab_dir", type=click.Path(path_type=Path), default=None,
+              help=f"The lab's directory.  [default: {DEFAULT_DIR}, unless --index is given]")
+@click.option("--index", type=click.IntRange(1, 254), default=None, metavar="N",
+              help="The lab rlabN, also when its directory (lab.json) was deleted while it ran: "
+                   "found by its bridge, namespaces, veths and their processes.")
+def down(lab_dir: Path | None, index: int | None) -> int:
     """Stop everything the lab started and remove its network (safe to repeat)."""
-    lab_mod.down(lab_dir, say=click.echo)
+    if lab_dir is None and index is None:
+        lab_dir = DEFAULT_DIR
+    lab_mod.down(lab_dir, index=index, say=click.echo)
     return 0
 
 

@@ -85,6 +85,15 @@ def used_indexes() -> set[int]:
     return used
 
 
+def lab_links(index: int) -> list[str]:
+    """The links of lab ``index`` in the root namespace: its bridge ``rlabN`` and its veths
+    ``rlabNv<octet>`` (``rlab1`` never matches lab 12's ``rlab12v3``)."""
+    pattern = re.compile(rf"^rlab{index}(v\d+)?$")
+    out = run(["ip", "-j", "link", "show"]).stdout
+    return [str(link["ifname"]) for link in json.loads(out or "[]")
+            if pattern.match(str(link.get("ifname", "")))]
+
+
 def list_netns() -> list[str]:
     out = run(["ip", "-j", "netns", "list"], check=False).stdout.strip()
     if not out:

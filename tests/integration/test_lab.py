@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import ansible_runner
 import pytest
@@ -102,6 +106,30 @@ def test_deploy_playbook_upgrades_only_the_limited_hosts(lab: Layout, tmp_path) 
     # Through HAProxy, once its checks see the restarted apps again: both versions serve.
     summary = LoadGenerator(f"http://127.0.0.1:{lab.lbs[0].port}/", rps=80, duration=0.5).run()
     assert set(summary.by_version) <= {"1.0", "2.0"}
+
+
+def test_check_mode_of_a_release_not_installed_passes_and_changes_nothing(
+        lab: Layout, tmp_path: Path) -> None:
+    # Was: unarchive failed in --check, as check mode never creates the directory to unpack into.
+    artifact.build_artifact(lab.artifacts, "2.9-check")
+    show = "readlink /srv/app/current; ls /srv/app/releases; cat /run/app.pid"
+    before = {h.name: (served_version(h.address), rollout_ssh(lab, h.name, show))
+              for h in lab.app_hosts}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory),
+         "--check", "--diff", str(playbook("deploy.yml")), "-e", "rollout_version=2.9-check"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(roles_path()), "ANSIBLE_PIPELINING": "True",
+             "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_NOCOLOR": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    # It says what it would do: unpack, and point current at the new release, on every host.
+    assert proc.stdout.count("would unpack") == len(lab.app_hosts)
+    assert '+    "src": "/srv/app/releases/2.9-check"' in proc.stdout
+    assert "failed=0" in proc.stdout and "failed=1" not in proc.stdout
+    after = {h.name: (served_version(h.address), rollout_ssh(lab, h.name, show))
+             for h in lab.app_hosts}
+    assert after == before  # same version served, same link, same releases, same app process
+    assert not any("2.9-check" in listing for _, listing in after.values())
 
 
 def test_lab_up_again_changes_nothing(lab: Layout) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,8 +17,9 @@ import pytest
 
 from rollout_py.lab import lab as lab_mod
 from rollout_py.lab import net
-from rollout_py.lab.layout import Layout
+from rollout_py.lab.layout import RUN_ROOT, Layout
 from rollout_py.lab.procs import Proc
+from rollout_py.procs import processes_mentioning
 from tests.integration.conftest import REPO, assert_lab_gone, rollout
 
 
@@ -74,6 +76,81 @@ def test_down_cleans_up_after_a_killed_up(root_required: None, tmp_path: Path) -
     assert_lab_gone(layout)
     leftovers = [n for n in net.list_netns() if n.startswith(layout.bridge + "-")]
     assert leftovers == []
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_down_by_index_removes_a_lab_whose_directory_was_deleted(
+        root_required: None, tmp_path: Path) -> None:
+    layout = lab_mod.up(tmp_path / "lab", n_hosts=2, n_lbs=2)
+    try:
+        _run_the_lab_without_its_directory(layout)
+    finally:  # whatever failed, nothing of it stays
+        if Layout.load(layout.path) is not None:
+            lab_mod.down(layout.path)
+        else:
+            lab_mod.down(None, index=layout.index)
+
+
+def _run_the_lab_without_its_directory(layout: Layout) -> None:
+    # Everything it runs: sshd and HAProxy (recorded), the apps, HAProxy's workers, the SSH
+    # session left by an ssh and its multiplexing master (ControlPersist).
+    subprocess.run(["ssh", "-F", str(layout.ssh_config), layout.app_hosts[0].name, "true"],
+                   check=True, timeout=30, capture_output=True)
+    procs = [Proc.from_json(p) for p in layout.procs.values()]  # sshd x3, HAProxy lb1 and lb2
+    procs += [Proc.of(int((layout.host_dir(h.name) / "run" / "app.pid").read_text()))
+              for h in layout.app_hosts]  # the apps
+    procs += [Proc.of(pid) for h in layout.all_hosts for pid in net.netns_pids(h.netns)]
+    procs += processes_mentioning(f"{layout.run_dir}/")  # the SSH master
+    procs += processes_mentioning(f"{layout.path}/lb1/")  # lb1's master and worker
+    lb2 = Proc.from_json(layout.procs["haproxy:lb2"])
+    procs += [Proc.of(pid) for pid in children(lb2.pid)]  # lb2's worker
+    # 3 sshd + 1 SSH session + 2 apps + SSH master + 2 HAProxy x (master + worker)
+    assert len({p.pid for p in procs}) == 11
+    assert all(p.alive() for p in procs)
+    shutil.rmtree(layout.path)  # lab.json, the inventory, the hosts' files: all gone
+
+    # Without lab.json, down names what it can do about it.
+    proc = rollout("lab", "down", "--dir", str(layout.path))
+    assert proc.returncode == 0, proc.stderr
+    assert "no lab in" in proc.stdout and f"rlab{layout.index}" in proc.stdout
+    assert all(p.alive() for p in procs)
+
+    proc = rollout("lab", "down", "--index", str(layout.index))
+    assert proc.returncode == 0, proc.stderr
+    assert f"lab rlab{layout.index} is down" in proc.stdout
+    assert [p.pid for p in procs if p.alive()] == []
+    assert [n for n in net.list_netns() if n.startswith(f"{layout.bridge}-")] == []
+    assert net.lab_links(layout.index) == []
+    assert not net.link_exists(layout.bridge)
+    assert not [h.veth for h in layout.all_hosts if net.link_exists(h.veth)]
+    assert not (RUN_ROOT / layout.bridge).exists()
+    assert_lab_gone(layout)  # and the guard route stays
+    again = rollout("lab", "down", "--index", str(layout.index))
+    assert again.returncode == 0 and "nothing of lab" in again.stdout
+
+
+def test_down_by_index_refuses_a_lab_that_still_has_its_directory(
+        root_required: None, tmp_path: Path) -> None:
+    layout = lab_mod.up(tmp_path / "lab", n_hosts=1)
+    try:
+        proc = rollout("lab", "down", "--index", str(layout.index))
+        assert proc.returncode == 1 and f"--dir {layout.path}" in proc.stderr
+        assert Layout.load(layout.path) is not None and lab_mod.running(layout)
+    finally:
+        lab_mod.down(layout.path)
+    assert_lab_gone(layout)
 
 
 # Runs the CLI as uid/gid 65534 (nobody). The interpreter may live where nobody cannot read

@@ -106,8 +106,9 @@ def test_lock_held_error_sits_in_the_exception_tree() -> None:
     assert issubclass(errors.LockHeldError, errors.RolloutError)
     assert "LockHeldError" in (errors.__doc__ or "")
     hold = lock.Holder(None, "bob", "ops", None, 0.0, "db move", "hold")
-    err = errors.LockHeldError(hold)
-    assert err.holder is hold
+    described: errors.LockHolder = hold  # mypy: a Holder is what the error describes
+    err = errors.LockHeldError(described)
+    assert err.holder is hold and (err.holder.user, err.holder.deploy_id) == ("bob", None)
     assert str(err) == ("fleet is locked: manual hold by bob@ops since 1970-01-01 00:00:00 UTC: "
                         "db move (`rollout lock release` removes it)")
     running = lock.Holder(42, "amy", "ci", "d-1", 0.0, "", "deploy")
