@@ -19,13 +19,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from rollout_py import events as ev
+from rollout_py.balancer import fleet
 from rollout_py.balancer.fleet import Balancer, wait_until
 from rollout_py.batch import BatchSteps
 from rollout_py.errors import JournalError
 from rollout_py.executor import Executor
 from rollout_py.planner import Plan
 from rollout_py.probes import Prober
-from rollout_py.reconcile import RETRYABLE, exposed_servers, reconcile
+from rollout_py.reconcile import RETRYABLE, reconcile
 from rollout_py.redact import Redactor
 from rollout_py.result import EXIT_CODES, DeployResult, fold
 from rollout_py.saga import (
@@ -253,7 +254,7 @@ class Engine(BatchSteps, UndoSteps):
                 for host, version in e.versions.items():
                     if version is not None:
                         self._previous[host] = version
-        exposed = exposed_servers(self.balancer.states(), plan.servers.values())
+        exposed = fleet.exposed(self.balancer.states(), plan.servers.values())
         decision = reconcile(events, plan, exposed=exposed, staged=bool(self.settings.stage_tags))
         if not decision.steps:
             nxt = decision.next_batch

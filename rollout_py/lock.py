@@ -128,7 +128,8 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this machine (a holder that died is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -344,7 +345,7 @@ class FleetLock:
         if holder.kind != "deploy":
             return None
         if holder.pid is not None and holder.host == socket.gethostname() \
-                and not _alive(holder.pid):
+                and not pid_alive(holder.pid):
             return None  # left by a deploy that died; the flock is someone else's now
         return holder
 

@@ -211,15 +211,3 @@ def _result(steps: list[Step], done: list[int], next_batch: int | None,
     return Reconciliation(steps=tuple(steps), done=tuple(done), next_batch=next_batch,
                           failure=failure, cause=cause, stranded=tuple(dict.fromkeys(stranded)),
                           recorded={i: b.recorded for i, b in batches.items() if b.recorded})
-
-
-def exposed_servers(states: Mapping[str, Mapping[str, Any]], servers: Iterable[str]
-                    ) -> frozenset[str]:
-    """Servers (of ``servers``) not in MAINT on at least one LB (or missing from one)."""
-    out = set()
-    for per_lb in states.values():
-        for name in servers:
-            st = per_lb.get(name)
-            if st is None or not st.maint:
-                out.add(name)
-    return frozenset(out)

@@ -142,16 +142,26 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1,
         time.sleep(interval)
 
 
+def on_some_lb(states: Mapping[str, Mapping[str, ServerState]], servers: Iterable[str],
+               holds: Callable[[ServerState], bool]) -> set[str]:
+    """Servers (of ``servers``) for which ``holds`` is true, or that are missing, on at least
+    one LB."""
+    names = list(servers)
+    return {name for per_lb in states.values() for name in names
+            if (st := per_lb.get(name)) is None or holds(st)}
+
+
 def out_of_rotation(states: Mapping[str, Mapping[str, ServerState]],
                     servers: Iterable[str]) -> set[str]:
     """Servers (of ``servers``) that are not taking new requests on at least one LB."""
-    out = set()
-    for per_lb in states.values():
-        for name in servers:
-            st = per_lb.get(name)
-            if st is None or not st.in_rotation:
-                out.add(name)
-    return out
+    return on_some_lb(states, servers, lambda st: not st.in_rotation)
+
+
+def exposed(states: Mapping[str, Mapping[str, ServerState]], servers: Iterable[str]
+            ) -> frozenset[str]:
+    """Servers (of ``servers``) not in MAINT on at least one LB (or missing from one): their
+    hosts may serve, so nothing may act on them before they are drained."""
+    return frozenset(on_some_lb(states, servers, lambda st: not st.maint))
 
 
 def not_up(states: Mapping[str, Mapping[str, ServerState]], servers: Iterable[str]) -> list[str]:

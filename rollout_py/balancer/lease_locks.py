@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from rollout_py.balancer.transports import SshOptions, parse_socket_url, ssh_connect
 from rollout_py.errors import BalancerUnreachable, PreflightError
-from rollout_py.lock import Holder
+from rollout_py.lock import Holder, pid_alive
 
 if TYPE_CHECKING:
     import paramiko
@@ -146,16 +146,6 @@ def me(*, pid: int, started: float, deploy_id: str | None, message: str) -> Hold
                   started=started, message=message, kind="deploy")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
 class LocalLock:
     """A flock on a file in this machine's lock directory (``unix://`` and ``tcp://`` LBs)."""
 
@@ -199,7 +189,7 @@ class LocalLock:
         except (OSError, ValueError):
             return self.site.unknown_holder()
         if holder.pid is not None and holder.host == socket.gethostname() \
-                and not _alive(holder.pid):
+                and not pid_alive(holder.pid):
             return self.site.unknown_holder()  # left by a holder that died
         return holder
 

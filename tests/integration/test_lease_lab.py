@@ -26,6 +26,7 @@ from rollout_py.lab.layout import Layout
 from rollout_py.lab.procs import Proc
 from rollout_py.lock import LockHeldError
 from rollout_py.spec import Spec
+from tests.childkit import ChildProcs
 from tests.integration.conftest import REPO, LabFactory
 from tests.integration.lab_ssh import lab_ssh
 
@@ -77,12 +78,12 @@ def _ssh_url(lab: Layout) -> str:
     return url
 
 
-class Contenders:
+class Contenders(ChildProcs):
     """Contending controllers in child processes; all killed (by pid) and reaped at teardown."""
 
     def __init__(self, lab: Layout) -> None:
+        super().__init__()
         self.lab = lab
-        self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, mode: str, deploy_id: str, urls: list[str]) -> subprocess.Popen[str]:
         argv = [sys.executable, "-c", _CONTENDER, str(self.lab.path / "rollout.yml"), mode,
@@ -110,14 +111,6 @@ class Contenders:
         assert proc.wait(timeout=60) == 0
         return answer
 
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
 
 
 @pytest.fixture

@@ -127,7 +127,8 @@ def test_two_copies_of_the_spec_at_once_exactly_one_deploys(lab: Layout, tmp_pat
         go = tmp_path / f"go-{round_}"
         children = [subprocess.Popen(
             ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.005; done; exec {sys.executable} "
-                         f"-m rollout_py deploy -f {spec} --version r{round_} -l app01"],
+                         f"-m rollout_py deploy -f {spec} --version r{round_} -l app01 "
+                         "--allow-no-rollback"],
             cwd=REPO, env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for spec in specs]
         go.touch()

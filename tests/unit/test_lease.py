@@ -28,6 +28,7 @@ from rollout_py.balancer.lease_locks import LeaseSite, me, remote_script
 from rollout_py.balancer.transports import SshOptions
 from rollout_py.errors import InputError, PreflightError
 from rollout_py.lock import Holder, LockHeldError
+from tests.childkit import ChildProcs
 
 pytestmark = pytest.mark.unit
 
@@ -55,11 +56,11 @@ def _no_ssh(host: str) -> SshOptions:
     raise AssertionError(f"no SSH expected in unit tests ({host})")
 
 
-class Children:
+class Children(ChildProcs):
     """Lease holders in child processes; all stopped (by pid) and closed at teardown."""
 
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
+        super().__init__()
 
     def hold(self, url: str, backend: str, deploy_id: str, *, cwd: Path
              ) -> subprocess.Popen[str]:
@@ -70,14 +71,6 @@ class Children:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "LOCKED"
         return proc
 
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
 
 
 @pytest.fixture

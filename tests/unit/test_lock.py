@@ -21,6 +21,7 @@ import pytest
 import rollout_py
 from rollout_py import lock as lock_mod
 from rollout_py.lock import FleetLock, Holder, LockHeldError, fleet_key
+from tests.childkit import ChildProcs
 
 KEY = "web-0123456789ab"
 _PKG = str(Path(rollout_py.__file__).parent)
@@ -38,11 +39,11 @@ _PRELUDE = textwrap.dedent(f"""
 """)
 
 
-class Children:
+class Children(ChildProcs):
     """Child Python processes started by a test; all stopped (by pid) and closed at teardown."""
 
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
+        super().__init__()
 
     def spawn(self, code: str, *args: str, pass_fds: tuple[int, ...] = ()
               ) -> subprocess.Popen[str]:
@@ -52,14 +53,6 @@ class Children:
         self.procs.append(proc)
         return proc
 
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
 
 
 @pytest.fixture

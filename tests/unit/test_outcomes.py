@@ -4,12 +4,14 @@ servers found out of rotation, and servers someone else changed mid-batch."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 
 from rollout_py import events as ev
 from rollout_py.engine import Engine, Settings
 from rollout_py.errors import ControllerError
 from rollout_py.planner import make_plan
 from rollout_py.result import EXIT_CODES, FLEET_STATE, DeployResult
+from rollout_py.saga import Sink
 from rollout_py.spec import HealthSpec, HttpProbe
 from rollout_py.testing import FakeFleet
 
@@ -19,7 +21,7 @@ LBS = ("unix:///lb1.sock", "unix:///lb2.sock")
 
 def run(fleet: FakeFleet, *, batches: list[int | str] | None = None, force_drain: bool = False,
         max_unavailable: int | None = None, staged: bool = False,
-        guard_interval: float = 0.1) -> tuple[Engine, DeployResult]:
+        guard_interval: float = 0.1, sinks: Sequence[Sink] = ()) -> tuple[Engine, DeployResult]:
     plan = make_plan(
         name="t", version="2.0", fleet=HOSTS, targets=HOSTS, servers={h: h for h in HOSTS},
         batches=batches or [1], max_unavailable=max_unavailable, current_versions={},
@@ -34,7 +36,8 @@ def run(fleet: FakeFleet, *, batches: list[int | str] | None = None, force_drain
                                       guard_interval=guard_interval,
                                       known_versions=dict.fromkeys(HOSTS, "1.0"),
                                       stage_tags="stage" if staged else None,
-                                      switch_tags="switch" if staged else None))
+                                      switch_tags="switch" if staged else None),
+                    sinks=sinks)
     return engine, engine.run()
 
 
@@ -83,7 +86,7 @@ def test_a_server_found_in_maint_is_restored_to_maint_and_said_so() -> None:
     assert fleet.servers["unix:///lb1.sock"]["h1"].admin == "READY"
 
 
-def _raise(exc: Exception):  # type: ignore[no-untyped-def]
+def _raise(exc: Exception) -> Callable[[], None]:
     def hook() -> None:
         raise exc
     return hook
@@ -105,7 +108,7 @@ def test_a_foreign_drain_mid_batch_stops_and_is_not_fought() -> None:
         if isinstance(e, ev.ForeignChange):
             seen.set()
 
-    engine, result = _run_with_sink(fleet, watch)
+    engine, result = run(fleet, sinks=[watch], guard_interval=0.01)
     foreign = next(e for e in engine.events if isinstance(e, ev.ForeignChange))
     assert foreign.servers == ("h1",)
     assert "DRAIN" in foreign.found["unix:///lb2.sock h1"]
@@ -114,23 +117,6 @@ def test_a_foreign_drain_mid_batch_stops_and_is_not_fought() -> None:
     assert "rollback h1 -> 1.0" not in fleet.log  # not acted on while it may serve
     assert fleet.servers["unix:///lb2.sock"]["h1"].admin == "DRAIN"  # left as found
     assert not any(isinstance(e, ev.DriftCorrected) for e in engine.events)
-
-
-def _run_with_sink(fleet: FakeFleet, sink):  # type: ignore[no-untyped-def]
-    plan = make_plan(
-        name="t", version="2.0", fleet=HOSTS, targets=HOSTS, servers={h: h for h in HOSTS},
-        batches=[1], max_unavailable=None, current_versions={}, force=False, backend="app",
-        sockets=list(fleet.lbs), on_failure="rollback_batch", playbook="p.yml",
-        rollback_playbook=None, drain_timeout=0.05, pause_between_batches=0)
-    health = HealthSpec(deadline=0.05, interval=0.005, consecutive=1,
-                        probes=[HttpProbe(http="http://x")])
-    engine = Engine(plan, executor=fleet.executor(), balancer=fleet.balancer(),
-                    prober=fleet.prober(), checks=fleet.checks,
-                    settings=Settings(health=health, drain_timeout=0.05, up_timeout=0.05,
-                                      poll=0.005, guard_interval=0.01,
-                                      known_versions=dict.fromkeys(HOSTS, "1.0")),
-                    sinks=[sink])
-    return engine, engine.run()
 
 
 def test_a_reload_back_to_ready_is_corrected_not_treated_as_foreign() -> None:
@@ -147,6 +133,6 @@ def test_a_reload_back_to_ready_is_corrected_not_treated_as_foreign() -> None:
         if isinstance(e, ev.DriftCorrected):
             seen.set()
 
-    engine, result = _run_with_sink(fleet, watch)
+    engine, result = run(fleet, sinks=[watch], guard_interval=0.01)
     assert result.status == "succeeded"
     assert not any(isinstance(e, ev.ForeignChange) for e in engine.events)
