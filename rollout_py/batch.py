@@ -84,10 +84,12 @@ class BatchSteps(SagaBase):
         found_out = {f"{url} {srv}": r.admin for url, per in applied.snapshot.items()
                      for srv, r in per.items() if r.admin != "READY"}
         applied.drained = True
-        # Journaled before it is applied: a resume then knows the state to restore.
-        self.emit(ev.DrainStarted, batch=batch.index, servers=servers, recorded=recorded,
+        # Journaled before the drain is applied: a resume then knows the state to restore.
+        self.emit(ev.StateRecorded, batch=batch.index, servers=servers, recorded=recorded,
                   found_out=found_out)
         self.balancer.set_state(servers, "drain")
+        self.emit(ev.DrainStarted, batch=batch.index, servers=servers, recorded=recorded,
+                  found_out=found_out)
         forced, cut = self._wait_drained(servers, force=s.force_drain)
         self.emit(ev.ServersDrained, batch=batch.index, servers=servers, forced=forced, cut=cut)
         self.balancer.set_state(servers, "maint")

@@ -86,6 +86,18 @@ class CapacityChecked(Event):
 
 
 @_frozen
+class StateRecorded(Event):
+    """A batch's servers as found on every LB, journaled before the drain is applied: what
+    the batch's undo restores, known to a resume even if the controller died right after."""
+
+    kind: ClassVar[str] = "state_recorded"
+    batch: int
+    servers: tuple[str, ...]
+    recorded: dict[str, dict[str, list[Any]]]  # LB url -> server -> [admin state, weight]
+    found_out: dict[str, str] = field(default_factory=dict)  # "LB server" -> DRAIN | MAINT
+
+
+@_frozen
 class DrainStarted(Event):
     """The servers are set to DRAIN on every LB: no new requests reach them from now on."""
 
@@ -247,9 +259,8 @@ class DeployFinished(Event):
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (
-    DeployStarted, BatchStarted, CapacityChecked, DrainStarted, ServersDrained, ServersDisabled,
-    StepStarted, StepFinished, ProbePassed, ProbeFailed, DriftCorrected, ForeignChange,
-    ServersEnabled,
-    BatchSucceeded,
-    BatchFailed, RollbackStarted, RollbackFinished, Interrupted, DeployResumed, DeployFinished,
+    DeployStarted, BatchStarted, CapacityChecked, StateRecorded, DrainStarted, ServersDrained,
+    ServersDisabled, StepStarted, StepFinished, ProbePassed, ProbeFailed, DriftCorrected,
+    ForeignChange, ServersEnabled, BatchSucceeded, BatchFailed, RollbackStarted,
+    RollbackFinished, Interrupted, DeployResumed, DeployFinished,
 )

@@ -100,7 +100,8 @@ def journal_batches(events: Iterable[ev.Event], plan: Plan) -> dict[int, _Batch]
         b = batches[index]
         if isinstance(e, ev.BatchStarted):
             batches[index] = b = _Batch(index, started=True)
-        elif isinstance(e, ev.DrainStarted):
+        elif isinstance(e, ev.StateRecorded | ev.DrainStarted) and not b.drained:
+            # StateRecorded comes first; journals written before it existed have DrainStarted.
             b.drained, b.recorded = True, {k: dict(v) for k, v in e.recorded.items()}
         elif isinstance(e, ev.StepStarted) and e.step == "upgrade":
             b.upgrade_started = True
