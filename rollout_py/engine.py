@@ -233,8 +233,11 @@ class Engine(BatchSteps, UndoSteps):
             cause = self._callback_error or "interrupted"
         if status == "stopped" and cause is None:
             cause = "stopped after reconciling (resume without continue)"
-        # Between batches with every host in rotation: resume continues where it stopped.
-        resumable = state.resumable or status in ("stopped", "cancelled")
+        # Between batches with every host in rotation: resume continues where it stopped; a
+        # rollback the controller could not finish: resume finishes it.
+        resumable = state.resumable or status in ("stopped", "cancelled") or (
+            status == "failed" and any(isinstance(e, ev.RollbackFinished) and e.stranded
+                                       and e.failure in RETRYABLE for e in self._events))
         self.emit(ev.DeployFinished, status=status, exit_code=EXIT_CODES[status], cause=cause,
                   stranded=tuple(dict.fromkeys(state.stranded)), resumable=resumable)
         return fold(self._events)

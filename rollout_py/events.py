@@ -228,6 +228,9 @@ class RollbackFinished(Event):
     ok: bool
     stranded: tuple[str, ...]  # hosts left out of rotation (MAINT)
     detail: str = ""
+    # What stopped the rollback when it was not the hosts (controller, balancer): resume
+    # retries a rollback the controller could not finish.
+    failure: Failure | None = None
 
 
 @_frozen

@@ -83,6 +83,7 @@ class _Batch:
     rollback_started: bool = False
     rollback_upgrade_done: bool = False
     rollback_finished: bool = False
+    rollback_failure: ev.Failure | None = None  # what stopped the rollback, if not the hosts
     stranded: tuple[str, ...] = ()
     recorded: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
@@ -122,6 +123,7 @@ def journal_batches(events: Iterable[ev.Event], plan: Plan) -> dict[int, _Batch]
             b.rollback_upgrade_done = e.ok
         elif isinstance(e, ev.RollbackFinished):
             b.rollback_finished, b.stranded = True, tuple(e.stranded)
+            b.rollback_failure = e.failure
     return batches
 
 
@@ -164,7 +166,11 @@ def reconcile(events: Sequence[ev.Event], plan: Plan, *, exposed: frozenset[str]
     ends = failure is not None  # the deploy goes no further than unwinding
     cause = last.cause
     rerun = True
-    if last.rollback_finished and last.stranded:
+    if last.rollback_finished and last.stranded and last.rollback_failure in RETRYABLE:
+        # The controller stopped the rollback (a full disk, a crash), not the hosts: again.
+        undo(last, f"batch {last.index}'s rollback was stopped ({last.rollback_failure}): "
+             "rolling it back again")
+    elif last.rollback_finished and last.stranded:
         # Hosts are out of rotation on an unknown release: a person decides, not resume.
         stranded += last.stranded
         ends, cause = True, last.cause or "a rollback left hosts out of rotation"

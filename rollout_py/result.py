@@ -126,7 +126,8 @@ def fold(events: Iterable[ev.Event]) -> DeployResult:
             for h in b["hosts"]:
                 if h in e.stranded:
                     hosts[h]["outcome"] = "stranded"
-                elif hosts[h]["outcome"] in ("upgraded", "failed"):
+                elif hosts[h]["outcome"] in ("upgraded", "failed", "stranded"):
+                    # (stranded: an earlier rollback of it stopped; this one finished it)
                     hosts[h].update(after=hosts[h]["before"], outcome="rolled_back")
         elif isinstance(e, ev.DeployFinished):
             status, exit_code, stranded = e.status, e.exit_code, e.stranded

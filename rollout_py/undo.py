@@ -36,6 +36,7 @@ class UndoSteps(SagaBase):
         servers = tuple(s for s in batch.servers if s not in foreign)
         stranded: set[str] = {host_of[s] for s in foreign}
         detail = ""
+        failure: ev.Failure | None = None
         if foreign:
             detail = "left as found, changed by someone else: " + "; ".join(
                 f"{k}: {v}" for k, v in sorted(self._foreign.items()))
@@ -69,16 +70,18 @@ class UndoSteps(SagaBase):
         except BalancerUnreachable as exc:
             raise LBLost(f"during the rollback of batch {batch.index}: {exc}") from exc
         except ControllerError as exc:
+            failure = "controller"
             detail = f"the controller failed during the rollback: {exc}"
             stranded = set(batch.hosts)
             with contextlib.suppress(BalancerError):
                 self.balancer.set_state(servers, "maint")
         except BalancerError as exc:
+            failure = "balancer"
             detail = f"load balancer error during rollback: {exc}"
             stranded = set(batch.hosts)
         ordered = [h for h in batch.hosts if h in stranded]
         self.emit(ev.RollbackFinished, batch=batch.index, ok=not ordered,
-                  stranded=tuple(ordered), detail=detail)
+                  stranded=tuple(ordered), detail=detail, failure=failure)
         return ordered
 
     def _undo_upgrade(self, batch: PlannedBatch, batch_hosts: Sequence[str]) -> set[str]:

@@ -335,8 +335,12 @@ def test_state_directory_full_stops_before_the_next_action(chaos_lab: LabMaker,
         check_invariants(lab, run)  # app01 is out of rotation and status reports it
         (state / "filler").unlink()
         resumed = deploy_under_fault(lab, spec, "", command="resume")
+        assert resumed.returncode == 0, "\n".join(
+            [resumed.stderr, *(f"{e['seq']} {e['event']} {e.get('batch', '')} "
+                               f"{e.get('action', e.get('step', ''))} {e.get('detail', '')}"
+                               f"{e.get('cause', '')} {e.get('stranded', '')}"
+                               f"{e.get('hosts', '')}" for e in run.events + resumed.events)])
         check_invariants(lab, resumed)
-        assert resumed.returncode == 0, resumed.stderr
         assert set(versions(lab).values()) == {"2.0"} and all_ready_and_up(lab)
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)

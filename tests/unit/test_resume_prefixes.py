@@ -25,6 +25,7 @@ from rollout_py import events as ev
 from rollout_py.engine import Engine, Settings
 from rollout_py.errors import BalancerUnreachable, ControllerError
 from rollout_py.planner import make_plan
+from rollout_py.reconcile import RETRYABLE
 from rollout_py.result import DeployResult, fold
 from rollout_py.spec import HealthSpec, HttpProbe
 from rollout_py.testing import FakeFleet
@@ -151,8 +152,8 @@ def finished_steps(prefix: list[ev.Event]) -> dict[str, set[int]]:
             done["batch"].add(e.batch)
         elif isinstance(e, ev.RollbackStarted):
             done["batch"].discard(e.batch)
-        elif isinstance(e, ev.RollbackFinished):
-            done["rollback"].add(e.batch)
+        elif isinstance(e, ev.RollbackFinished) and e.failure not in RETRYABLE:
+            done["rollback"].add(e.batch)  # one the controller stopped is to be finished
         elif isinstance(e, ev.StepFinished) and e.ok and e.step == "rollback":
             done["rollback_playbook"].add(e.batch)
         elif isinstance(e, ev.StepFinished) and e.ok and e.step == "stage":
