@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from rollout_py import events as ev
+from rollout_py.balancer.runtime import AdminState
 from rollout_py.engine import Engine, Settings
 from rollout_py.errors import ControllerError
 from rollout_py.planner import make_plan
@@ -92,23 +93,30 @@ def _raise(exc: Exception) -> Callable[[], None]:
     return hook
 
 
+def change_during_the_upgrade(fleet: FakeFleet, lb: str, admin: AdminState,
+                              until: type[ev.Event]) -> tuple[Engine, DeployResult]:
+    """Runs a deploy whose batch-1 upgrade sets h1 to ``admin`` on ``lb`` (as someone else or
+    a reload would) and holds the upgrade until the guard has emitted ``until``."""
+    seen = threading.Event()
+
+    def change() -> None:
+        fleet.servers[lb]["h1"].admin = admin
+        assert seen.wait(5), f"the guard never emitted {until.kind}"
+
+    def watch(e: ev.Event) -> None:
+        if isinstance(e, until):
+            seen.set()
+
+    fleet.hooks["upgrade h1 -> 2.0"] = change
+    return run(fleet, sinks=[watch], guard_interval=0.01)
+
+
 def test_a_foreign_drain_mid_batch_stops_and_is_not_fought() -> None:
     """Someone else sets DRAIN on lb2 while the batch is upgrading: the deploy stops, leaves
     that server as found, does not roll its host back (it may serve) and reports it (exit 3)."""
     fleet = FakeFleet(HOSTS, lbs=LBS)
-    seen = threading.Event()
-
-    def someone_else() -> None:
-        fleet.servers["unix:///lb2.sock"]["h1"].admin = "DRAIN"
-        assert seen.wait(5), "the guard never saw the change"
-
-    fleet.hooks["upgrade h1 -> 2.0"] = someone_else
-
-    def watch(e: ev.Event) -> None:
-        if isinstance(e, ev.ForeignChange):
-            seen.set()
-
-    engine, result = run(fleet, sinks=[watch], guard_interval=0.01)
+    engine, result = change_during_the_upgrade(fleet, "unix:///lb2.sock", "DRAIN",
+                                               until=ev.ForeignChange)
     foreign = next(e for e in engine.events if isinstance(e, ev.ForeignChange))
     assert foreign.servers == ("h1",)
     assert "DRAIN" in foreign.found["unix:///lb2.sock h1"]
@@ -121,18 +129,7 @@ def test_a_foreign_drain_mid_batch_stops_and_is_not_fought() -> None:
 
 def test_a_reload_back_to_ready_is_corrected_not_treated_as_foreign() -> None:
     fleet = FakeFleet(HOSTS, lbs=LBS)
-    seen = threading.Event()
-
-    def reload() -> None:
-        fleet.servers["unix:///lb1.sock"]["h1"].admin = "READY"
-        assert seen.wait(5), "the guard never corrected the reload"
-
-    fleet.hooks["upgrade h1 -> 2.0"] = reload
-
-    def watch(e: ev.Event) -> None:
-        if isinstance(e, ev.DriftCorrected):
-            seen.set()
-
-    engine, result = run(fleet, sinks=[watch], guard_interval=0.01)
+    engine, result = change_during_the_upgrade(fleet, "unix:///lb1.sock", "READY",
+                                               until=ev.DriftCorrected)
     assert result.status == "succeeded"
     assert not any(isinstance(e, ev.ForeignChange) for e in engine.events)
