@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.venv
-APT_PACKAGES=(haproxy openssh-server openssh-client iproute2 socat util-linux procps
+APT_PACKAGES=(haproxy prometheus openssh-server openssh-client iproute2 socat util-linux procps
               python3 python3-venv python3-pip)
 
 need_root() {

@@ -13,22 +13,44 @@ from pathlib import Path
 from rollout_py.errors import InputError
 from rollout_py.validate import validate_version
 
+MAX_LATENCY_MS = 60_000
+MAX_FAIL_AFTER = 7 * 86400.0
+
 
 @dataclass(frozen=True, slots=True)
 class Behaviour:
-    """How a release misbehaves; the defaults make a good release."""
+    """How a release misbehaves; the defaults make a good release.
+
+    ``latency_ms`` is added to every ``/`` response. ``fail_after`` makes a release that turns
+    bad: good for that many seconds after it starts listening, then ``/`` answers 500 with
+    probability ``error_rate`` if that is above 0, else always; ``/health`` stays 200, so only
+    an analysis of requests catches it. Without ``fail_after``, ``error_rate`` holds from the
+    start.
+    """
 
     health_fail: bool = False
     health_flap: bool = False  # /health alternates between 200 and 500
     start_delay: float = 0.0
     error_rate: float = 0.0
     crash_on_start: bool = False
+    latency_ms: int = 0
+    fail_after: float | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise InputError(f"error rate {self.error_rate} must be between 0 and 1")
-        if not 0.0 <= self.start_delay <= 3600:
-            raise InputError(f"start delay {self.start_delay} must be between 0 and 3600 seconds")
+        _number(self.error_rate, "--error-rate", 0.0, 1.0, "(a share of requests)")
+        _number(self.start_delay, "--start-delay", 0.0, 3600, "seconds")
+        if isinstance(self.latency_ms, bool) or not isinstance(self.latency_ms, int):
+            raise InputError(f"--latency-ms must be a whole number of milliseconds, "
+                             f"not {self.latency_ms!r}")
+        _number(self.latency_ms, "--latency-ms", 0, MAX_LATENCY_MS, "ms")
+        if self.fail_after is not None:
+            _number(self.fail_after, "--fail-after", 0.0, MAX_FAIL_AFTER, "seconds")
+
+
+def _number(value: object, option: str, low: float, high: float, unit: str) -> None:
+    """Refuses a value outside [low, high] (NaN and non-numbers too), naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InputError(f"{option} must be between {low:g} and {high:g} {unit}, not {value!r}")
 
 
 def artifact_path(store: Path, version: str) -> Path:

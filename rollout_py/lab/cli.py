@@ -27,10 +27,14 @@ def lab() -> None:
 @click.option("--lbs", "n_lbs", type=click.IntRange(1, 2), default=1, show_default=True,
               help="Load balancers; the second runs on its own host, reached over SSH.")
 @click.option("--block", default=None, help="IPv4 block for labs (default 10.213.0.0/16).")
+@click.option("--prometheus", "with_prometheus", is_flag=True,
+              help="Also run Prometheus on 127.0.0.1, scraping every LB's exporter each second.")
 @dir_option
-def up(n_hosts: int, n_lbs: int, block: str | None, lab_dir: Path) -> int:
+def up(n_hosts: int, n_lbs: int, block: str | None, with_prometheus: bool,
+       lab_dir: Path) -> int:
     """Bring the lab up (root)."""
-    layout = lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs, block=block, say=click.echo)
+    layout = lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs, block=block,
+                        with_prometheus=with_prometheus, say=click.echo)
     _print_summary(layout)
     return 0
 
@@ -38,9 +42,13 @@ def up(n_hosts: int, n_lbs: int, block: str | None, lab_dir: Path) -> int:
 def _print_summary(layout: Layout) -> None:
     info = layout.describe()
     for lb in info["lbs"]:  # type: ignore[attr-defined]
-        click.echo(f"{lb['name']}: frontend http://{lb['frontend']}  admin {lb['socket_url']}")
+        click.echo(f"{lb['name']}: frontend http://{lb['frontend']}  admin {lb['socket_url']}"
+                   f"  metrics {lb['metrics']}")
+    if layout.prometheus_url is not None:
+        click.echo(f"prometheus: {layout.prometheus_url}")
     click.echo(f"inventory: {info['inventory']}")
     click.echo(f"spec:      {info['spec']}")
+    click.echo(f"canary:    {info['canary_spec']}")
     click.echo(f"ssh:       ssh -F {info['ssh']['config']} "  # type: ignore[index]
                f"{layout.app_hosts[0].name}")
 
@@ -70,6 +78,14 @@ def status(lab_dir: Path, as_json: bool) -> int:
         return 0
     click.echo(f"lab {info['dir']} ({info['state']}, {info['subnet']})")
     lbs: list[dict[str, Any]] = info["lbs"]
+    for lb in lbs:
+        click.echo(f"{lb['name']}: frontend http://{lb['frontend']}  metrics {lb['metrics']}")
+    prom = info["prometheus"]
+    if prom is not None:
+        scraped = ", ".join(f"{k} {'up' if v == 1 else 'DOWN'}"
+                            for k, v in sorted(prom.get("targets_up", {}).items()))
+        click.echo(f"prometheus: {prom['url']} ({'running' if prom['running'] else 'NOT RUNNING'}"
+                   f"; {scraped or prom.get('error', 'no targets yet')})")
     header = f"{'host':<8} {'address':<15} {'sshd':<5} {'version':<10}" + "".join(
         f" {lb['name']:<14}" for lb in lbs)
     click.echo(header)
@@ -90,15 +106,23 @@ def status(lab_dir: Path, as_json: bool) -> int:
 @click.option("--start-delay", type=click.FloatRange(0, 3600), default=0.0,
               help="Seconds before the app listens.")
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0,
-              help="Share of requests to / that answer 500.")
+              help="Share of requests to / that answer 500 (after --fail-after, if given).")
+@click.option("--latency-ms", type=click.IntRange(0, artifact_mod.MAX_LATENCY_MS), default=0,
+              help="Milliseconds added to every / response.")
+@click.option("--fail-after", type=click.FloatRange(0, artifact_mod.MAX_FAIL_AFTER),
+              default=None, metavar="SECONDS",
+              help="Good for SECONDS after it starts, then / answers 500 (with --error-rate's "
+                   "probability, else always); /health stays 200.")
 @click.option("--crash-on-start", is_flag=True, help="The app exits right after it starts.")
 @dir_option
 def artifact(version: str, health_fail: bool, health_flap: bool, start_delay: float,
-             error_rate: float, crash_on_start: bool, lab_dir: Path) -> int:
+             error_rate: float, latency_ms: int, fail_after: float | None,
+             crash_on_start: bool, lab_dir: Path) -> int:
     """Build release VERSION of the sample app into the lab's artifact store."""
     behaviour = artifact_mod.Behaviour(health_fail=health_fail, health_flap=health_flap,
-                                       start_delay=start_delay,
-                                       error_rate=error_rate, crash_on_start=crash_on_start)
+                                       start_delay=start_delay, error_rate=error_rate,
+                                       crash_on_start=crash_on_start, latency_ms=latency_ms,
+                                       fail_after=fail_after)
     path = artifact_mod.build_artifact(lab_dir.absolute() / "artifacts", version, behaviour)
     click.echo(str(path))
     return 0

@@ -1,4 +1,5 @@
-"""Files ``lab up`` writes for users and tools: inventory, SSH config, ansible.cfg, rollout.yml."""
+"""Files ``lab up`` writes for users and tools: inventory, SSH config, ansible.cfg, rollout.yml
+and rollout-canary.yml."""
 
 from __future__ import annotations
 
@@ -102,3 +103,40 @@ health:
       body: "{{{{ rollout_version }}}}"
     - haproxy: UP
 """
+
+
+# HAProxy's exporter (2.6): per-server responses by class, proxy = the backend.
+_RESPONSES = f'haproxy_server_http_responses_total{{proxy="{BACKEND}",server=~"$canary"'
+CANARY_5XX_QUERY = (f'sum(rate({_RESPONSES},code="5xx"}}[10s])) / '
+                    f'sum(rate({_RESPONSES}}}[10s]))')
+
+
+def canary_spec(layout: Layout) -> str:
+    """rollout.yml's spec as a canary: one host, 10 % then 50 % of the traffic, each judged for
+    20 s; with the lab's Prometheus, a PromQL gate on the canary's 5xx share too."""
+    rolling = rollout_spec(layout).split("\n", 1)[1]
+    gate = "" if layout.prometheus_url is None else (
+        f"    - prometheus:\n"
+        f"        url: {layout.prometheus_url}\n"
+        f"        query: '{CANARY_5XX_QUERY}'\n"
+        f"        max: 0.01\n")
+    return f"""# A canary rollout spec for this lab, written by `rollout lab up`.
+{rolling}strategy: canary
+canary:
+  hosts: 1
+  steps:
+    - traffic: 10%
+    - analysis: {{duration: 20}}
+    - traffic: 50%
+    - analysis: {{duration: 20}}
+analysis:
+  interval: 5
+  min_requests: 50
+  on_inconclusive: hold
+  inconclusive_limit: 6
+  failure_limit: 1
+  gates:
+    - error_rate: {{max: 1%}}
+    - error_rate: {{max_over_baseline: 0.5%}}
+    - latency: {{field: rtime, max_ms: 250, max_ratio_to_baseline: 1.5}}
+{gate}"""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import time
@@ -12,6 +13,7 @@ from rollout_py.lab.layout import APP_PORT, Layout, LbSpec
 from rollout_py.lab.procs import Proc, run, spawn
 
 BACKEND = "app"
+METRICS_FRONTEND = "metrics"
 
 
 def free_port() -> int:
@@ -20,12 +22,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports (all held open while they are chosen)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                 for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def render(layout: Layout, lb: LbSpec) -> str:
     """One LB's config: frontend on 127.0.0.1, backend ``app`` with one server per host,
-    health checks sourced from the bridge address (so they fail locally without the lab)."""
+    health checks sourced from the bridge address (so they fail locally without the lab), and
+    HAProxy's Prometheus exporter on its own loopback port (``/metrics``)."""
     servers = "\n".join(
         f"    server {h.name} {h.address}:{APP_PORT}" for h in layout.app_hosts
     )
+    metrics = "" if lb.metrics_port is None else f"""
+frontend {METRICS_FRONTEND}
+    bind 127.0.0.1:{lb.metrics_port}
+    no log
+    http-request use-service prometheus-exporter if {{ path /metrics }}
+    http-request return status 404 content-type text/plain string "try /metrics"
+"""
     return f"""# rollout lab: {lb.name}
 global
     stats socket {lb.socket_path} mode 600 level admin expose-fd listeners
@@ -47,7 +67,7 @@ defaults
 frontend web
     bind 127.0.0.1:{lb.port}
     default_backend {BACKEND}
-
+{metrics}
 backend {BACKEND}
     balance roundrobin
     option httpchk GET /health

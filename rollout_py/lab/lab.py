@@ -23,7 +23,7 @@ from typing import Any
 from rollout_py.balancer import RuntimeAPI, open_transport
 from rollout_py.balancer.transports import SshOptions
 from rollout_py.errors import InputError, LabError, LabPrerequisiteError
-from rollout_py.lab import artifact, files, haproxy, hosts, net
+from rollout_py.lab import artifact, files, haproxy, hosts, net, prometheus
 from rollout_py.lab.layout import APP_PORT, MAX_HOSTS, RUN_ROOT, HostSpec, Layout, LbSpec
 from rollout_py.lab.procs import (
     Proc,
@@ -48,7 +48,7 @@ def _which(cmd: str) -> str | None:
         (p for p in (f"/usr/sbin/{cmd}", f"/sbin/{cmd}") if os.access(p, os.X_OK)), None)
 
 
-def check_prerequisites() -> None:
+def check_prerequisites(*, with_prometheus: bool = False) -> None:
     """Raises LabPrerequisiteError naming everything missing; creates nothing."""
     problems = []
     if os.geteuid() != 0:
@@ -58,6 +58,9 @@ def check_prerequisites() -> None:
     if missing:
         cmds = ", ".join(c for c, p in _TOOLS.items() if p in missing)
         problems.append(f"missing commands ({cmds}): install them with `{INSTALL_HINT}`")
+    if with_prometheus and prometheus.binary() is None:
+        problems.append("--prometheus needs Debian's prometheus: install it with "
+                        f"`{prometheus.INSTALL_HINT}` (its system service is not needed)")
     if not os.path.exists("/proc/self/ns/net"):
         problems.append("this kernel has no network namespaces")
     if problems:
@@ -92,15 +95,18 @@ def running(layout: Layout) -> bool:
 
 
 def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = None,
-       say: Say = lambda _msg: None) -> Layout:
+       with_prometheus: bool = False, say: Say = lambda _msg: None) -> Layout:
     """Builds the lab in ``lab_dir``; on a lab that is already up, changes nothing.
+
+    ``with_prometheus`` also runs a Prometheus scraping every LB's exporter each second
+    (``layout.prometheus_url``); ``up`` returns once it has scraped every LB.
 
     Example:
         >>> layout = up(Path(".rollout-lab"), n_hosts=4)  # doctest: +SKIP
     """
     lab_dir = lab_dir.absolute()
     _validate(lab_dir, n_hosts, n_lbs)
-    check_prerequisites()
+    check_prerequisites(with_prometheus=with_prometheus)
     block = block or os.environ.get("ROLLOUT_LAB_BLOCK") or net.DEFAULT_BLOCK
     with _machine_lock():
         existing = Layout.load(lab_dir)
@@ -111,6 +117,10 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
             if (existing.n_hosts, existing.n_lbs) != (n_hosts, n_lbs):
                 raise LabError(f"the lab in {lab_dir} is already up with {existing.n_hosts} hosts "
                                f"and {existing.n_lbs} LB(s); run `rollout lab down` to resize it")
+            if (existing.prometheus_url is not None) != with_prometheus:
+                has = "with" if existing.prometheus_url else "without"
+                raise LabError(f"the lab in {lab_dir} is already up {has} Prometheus; run "
+                               "`rollout lab down` first to change that")
             say(f"lab already up in {lab_dir}: nothing changed")
             return existing
         network = net.check_block(block)
@@ -121,14 +131,15 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
         layout.save()
         started = time.monotonic()
         try:
-            _build(layout, say)
+            _build(layout, say, with_prometheus)
         except BaseException:
             say("lab up failed: removing what was created")
             teardown(layout)
             raise
         layout.state = "up"
         layout.save()
-        say(f"lab up in {time.monotonic() - started:.1f} s: {n_hosts} hosts on {layout.subnet}")
+        say(f"lab up in {time.monotonic() - started:.1f} s: {n_hosts} hosts on {layout.subnet}"
+            + (f"; prometheus {layout.prometheus_url}" if with_prometheus else ""))
         return layout
 
 
@@ -141,7 +152,7 @@ def _free_index(network: ipaddress.IPv4Network) -> int:
     raise LabError(f"no free /24 left in {network} for another lab")
 
 
-def _build(layout: Layout, say: Say) -> None:
+def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
     for path in (layout.logs, layout.ssh_dir, layout.artifacts, layout.run_dir / "cp"):
         path.mkdir(parents=True, exist_ok=True)
     if not layout.key.exists():
@@ -149,6 +160,10 @@ def _build(layout: Layout, say: Say) -> None:
              str(layout.key)])
     pubkey = layout.key.with_suffix(".pub").read_text()
     first = artifact.build_artifact(layout.artifacts, "1.0")
+    _plan_lbs(layout, with_prometheus)
+    # Prometheus first scrapes ~5 s after it starts (its target discovery ticks every 5 s):
+    # started now, it comes up while the hosts do. The canary spec's gate needs its URL.
+    prom = prometheus.start(layout) if with_prometheus else None
     net.create_bridge(layout.bridge, f"{layout.gateway}/24")
     say(f"bridge {layout.bridge} {layout.gateway}/24; starting {len(layout.all_hosts)} hosts")
 
@@ -182,13 +197,6 @@ def _build(layout: Layout, say: Say) -> None:
         if errors:
             raise errors[0]
 
-    layout.lbs = [LbSpec("lb1", haproxy.free_port(), str(layout.run_dir / "lb1.sock"),
-                         f"unix://{layout.run_dir / 'lb1.sock'}", None)]
-    remote_socket = "/run/haproxy/admin.sock"  # as on a packaged LB host
-    for lb_host in layout.lb_hosts:
-        layout.lbs.append(LbSpec(lb_host.name, haproxy.free_port(), remote_socket,
-                                 f"ssh://root@{lb_host.address}{remote_socket}", lb_host.name))
-    layout.save()
     for lb in layout.lbs:
         sshd = Proc.from_json(layout.procs[f"sshd:{lb.host}"]) if lb.host else None
         layout.procs[f"haproxy:{lb.name}"] = haproxy.start(layout, lb, host_sshd=sshd).to_json()
@@ -199,7 +207,26 @@ def _build(layout: Layout, say: Say) -> None:
     layout.known_hosts.write_text(files.known_hosts(layout, host_keys))
     (layout.path / "ansible.cfg").write_text(files.ansible_cfg(layout))
     (layout.path / "rollout.yml").write_text(files.rollout_spec(layout))
+    (layout.path / "rollout-canary.yml").write_text(files.canary_spec(layout))
     _wait_ready(layout, say)
+    if prom is not None:
+        prometheus.wait_ready(layout, prom, deadline=time.monotonic() + 30)
+        say(f"prometheus {layout.prometheus_url} has scraped every LB's exporter")
+
+
+def _plan_lbs(layout: Layout, with_prometheus: bool) -> None:
+    """The LBs and their loopback ports (a frontend and an exporter each, and Prometheus's),
+    chosen at once so that no two are the same."""
+    ports = iter(haproxy.free_ports(2 * layout.n_lbs + int(with_prometheus)))
+    layout.lbs = [LbSpec("lb1", next(ports), str(layout.run_dir / "lb1.sock"),
+                         f"unix://{layout.run_dir / 'lb1.sock'}", None, next(ports))]
+    remote_socket = "/run/haproxy/admin.sock"  # as on a packaged LB host
+    for lb_host in layout.lb_hosts:
+        layout.lbs.append(LbSpec(lb_host.name, next(ports), remote_socket,
+                                 f"ssh://root@{lb_host.address}{remote_socket}", lb_host.name,
+                                 next(ports)))
+    layout.prometheus_port = next(ports, None)
+    layout.save()
 
 
 def lb_api(layout: Layout, lb: LbSpec) -> RuntimeAPI:
@@ -296,7 +323,7 @@ def status(lab_dir: Path) -> dict[str, Any]:
     lb_rows = []
     for lb in layout.lbs:
         row: dict[str, Any] = {"name": lb.name, "frontend": f"127.0.0.1:{lb.port}",
-                               "socket": lb.socket_url}
+                               "socket": lb.socket_url, "metrics": lb.metrics_url}
         api = lb_api(layout, lb)
         try:
             row["servers"] = {
@@ -310,7 +337,21 @@ def status(lab_dir: Path) -> dict[str, Any]:
             api.close()
         lb_rows.append(row)
     return {"dir": info["dir"], "state": info["state"], "subnet": info["subnet"],
-            "hosts": host_rows, "lbs": lb_rows}
+            "hosts": host_rows, "lbs": lb_rows, "prometheus": _prometheus_status(layout)}
+
+
+def _prometheus_status(layout: Layout) -> dict[str, Any] | None:
+    """The lab's Prometheus: its URL, whether it runs, and its last scrape of each LB."""
+    if layout.prometheus_url is None:
+        return None
+    proc = layout.procs.get(prometheus.PROC_KEY)
+    row: dict[str, Any] = {"url": layout.prometheus_url,
+                           "running": bool(proc and Proc.from_json(proc).alive())}
+    try:
+        row["targets_up"] = prometheus.targets_up(layout.prometheus_url)
+    except (OSError, ValueError, LabError) as exc:
+        row["error"] = str(exc)
+    return row
 
 
 def _served_version(layout: Layout, host: HostSpec) -> str | None:

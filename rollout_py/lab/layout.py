@@ -35,6 +35,12 @@ class LbSpec:
     socket_path: str  # as seen on the LB's own host
     socket_url: str  # how a controller reaches it
     host: str | None
+    metrics_port: int | None = None  # HAProxy's Prometheus exporter: 127.0.0.1:PORT/metrics
+
+    @property
+    def metrics_url(self) -> str | None:
+        return None if self.metrics_port is None else \
+            f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Layout:
     lbs: list[LbSpec] = field(default_factory=list)
     procs: dict[str, dict[str, int]] = field(default_factory=dict)
     host_python: str = "/usr/bin/python3"
+    prometheus_port: int | None = None  # `up --prometheus`: 127.0.0.1:PORT
 
     # --- derived names -----------------------------------------------------------------
     @property
@@ -122,6 +129,11 @@ class Layout:
     def logs(self) -> Path:
         return self.path / "logs"
 
+    @property
+    def prometheus_url(self) -> str | None:
+        """The lab's Prometheus (``up --prometheus``), or None."""
+        return None if self.prometheus_port is None else f"http://127.0.0.1:{self.prometheus_port}"
+
     # --- persistence ---------------------------------------------------------------------
     def save(self) -> None:
         # Public description at the top level, the exact layout (with PIDs) under "layout".
@@ -161,9 +173,16 @@ class Layout:
             "bridge": self.bridge, "gateway": self.gateway,
             "hosts": [asdict(h) for h in self.app_hosts],
             "lb_hosts": [asdict(h) for h in self.lb_hosts],
-            "lbs": [asdict(lb) | {"frontend": f"127.0.0.1:{lb.port}"} for lb in self.lbs],
+            "lbs": [asdict(lb) | {"frontend": f"127.0.0.1:{lb.port}", "metrics": lb.metrics_url}
+                    for lb in self.lbs],
             "inventory": str(self.inventory),
             "spec": str(self.path / "rollout.yml"),
+            "canary_spec": str(self.path / "rollout-canary.yml"),
+            "prometheus": None if self.prometheus_url is None else {
+                "url": self.prometheus_url,
+                "pid": self.procs.get("prometheus", {}).get("pid"),
+                "dir": str(self.path / "prometheus"),
+            },
             "ssh": {"key": str(self.key), "config": str(self.ssh_config),
                     "known_hosts": str(self.known_hosts), "bind_address": self.gateway},
             "artifacts": str(self.artifacts),

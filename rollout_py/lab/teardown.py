@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from rollout_py.errors import LabError, RolloutError
-from rollout_py.lab import net
+from rollout_py.lab import net, prometheus
 from rollout_py.lab.layout import RUN_ROOT, Layout
 from rollout_py.lab.procs import Proc, pids_in_mount_namespaces, stop_all, unix_socket_holders
 from rollout_py.procs import close_ssh_masters
@@ -17,6 +17,8 @@ from rollout_py.procs import close_ssh_masters
 
 def teardown(layout: Layout) -> None:
     procs = [Proc.from_json(p) for p in layout.procs.values()]
+    # Also a Prometheus whose PID ``up`` had no time to record (killed right after spawning it).
+    procs += [p for p in prometheus.orphans(layout.bridge) if p not in procs]
     existing_ns = set(net.list_netns())
     for host in layout.all_hosts:
         if host.netns in existing_ns:
@@ -36,9 +38,11 @@ def teardown(layout: Layout) -> None:
 
 def _remove_files(lab_dir: Path) -> None:
     """Removes what ``up`` wrote for hosts and users; a stray run after ``down`` must find no
-    hosts, so the inventory and the spec go too. Artifacts and logs stay."""
+    hosts, so the inventory and the specs go too, and Prometheus's config and data. Artifacts
+    and logs stay."""
     shutil.rmtree(lab_dir / "hosts", ignore_errors=True)
-    for name in ("inventory.ini", "rollout.yml", "ansible.cfg"):
+    shutil.rmtree(prometheus.home(lab_dir), ignore_errors=True)
+    for name in ("inventory.ini", "rollout.yml", "rollout-canary.yml", "ansible.cfg"):
         (lab_dir / name).unlink(missing_ok=True)
     for name in ("ssh_config", "known_hosts"):
         (lab_dir / "ssh" / name).unlink(missing_ok=True)
@@ -51,15 +55,17 @@ def teardown_index(index: int, lab_dir: Path | None) -> list[str]:
     Everything of a lab is named after its bridge: namespaces ``rlabN-<host>``, veths
     ``rlabNv<octet>``, the run directory ``/run/rollout-lab/rlabN``. Its processes are found
     without PIDs on record, and stopped by PID: those in its namespaces (sshd, the apps), those
-    in the mount namespaces of its hosts (a remote LB's HAProxy), and those holding a socket in
-    its run directory (the first LB's HAProxy, SSH control masters).
+    in the mount namespaces of its hosts (a remote LB's HAProxy), those holding a socket in
+    its run directory (the first LB's HAProxy, SSH control masters), and its Prometheus (by
+    the marker in its command line).
     """
     bridge = f"rlab{index}"
     run_dir = RUN_ROOT / bridge
     namespaces = [ns for ns in net.list_netns() if ns.startswith(f"{bridge}-")]
     links = net.lab_links(index)
     ns_pids = {pid for ns in namespaces for pid in net.netns_pids(ns)}
-    pids = ns_pids | pids_in_mount_namespaces(ns_pids) | unix_socket_holders(run_dir)
+    pids = ns_pids | pids_in_mount_namespaces(ns_pids) | unix_socket_holders(run_dir) | \
+        {p.pid for p in prometheus.orphans(bridge)}
     pids.discard(os.getpid())
     procs = []
     for pid in sorted(pids):

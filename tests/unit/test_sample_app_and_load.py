@@ -94,6 +94,54 @@ def test_error_rate_release_fails_that_share(tmp_path: Path) -> None:
         assert 50 < codes.count(500) < 150 and codes.count(200) + codes.count(500) == 200
 
 
+def timed_get(port: int, path: str) -> tuple[int, float]:
+    start = time.monotonic()
+    status = get(port, path)[0]
+    return status, time.monotonic() - start
+
+
+def test_latency_release_slows_every_root_response_only(tmp_path: Path) -> None:
+    with app(tmp_path, artifact.Behaviour(latency_ms=250, error_rate=1.0)) as (_, port):
+        wait_listening(port)
+        for _ in range(3):
+            status, took = timed_get(port, "/")
+            assert status == 500 and took >= 0.25  # errors are slow too
+        status, took = timed_get(port, "/health")
+        assert status == 200 and took < 0.25
+
+
+def test_fail_after_release_turns_bad_while_health_stays_good(tmp_path: Path) -> None:
+    with app(tmp_path, artifact.Behaviour(fail_after=1.0)) as (_, port):
+        started = time.monotonic()
+        wait_listening(port)
+        assert get(port, "/")[0] == 200  # good at first
+        first_500 = None
+        while first_500 is None and time.monotonic() - started < 10:
+            status = get(port, "/")[0]
+            assert get(port, "/health")[0] == 200
+            if status == 500:
+                first_500 = time.monotonic() - started
+            elif status != 200:
+                raise AssertionError(f"unexpected status {status}")
+        assert first_500 is not None and first_500 >= 0.9
+        # Without --error-rate, every / fails from then on; /health never does.
+        assert [get(port, "/")[0] for _ in range(20)] == [500] * 20
+        assert get(port, "/health")[0] == 200 and get(port, "/version")[0] == 200
+
+
+def test_fail_after_uses_the_error_rate_once_bad(tmp_path: Path) -> None:
+    with app(tmp_path, artifact.Behaviour(fail_after=0, error_rate=0.5)) as (_, port):
+        wait_listening(port)
+        codes = [get(port, "/")[0] for _ in range(200)]
+        assert 50 < codes.count(500) < 150 and codes.count(200) + codes.count(500) == 200
+
+
+def test_error_rate_waits_for_fail_after(tmp_path: Path) -> None:
+    with app(tmp_path, artifact.Behaviour(fail_after=600, error_rate=1.0)) as (_, port):
+        wait_listening(port)
+        assert [get(port, "/")[0] for _ in range(50)] == [200] * 50
+
+
 def test_sigterm_lets_an_in_flight_request_finish(tmp_path: Path) -> None:
     with app(tmp_path) as (proc, port):
         wait_listening(port)

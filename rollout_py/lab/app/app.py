@@ -3,8 +3,10 @@
 Runs with the host's system Python and the standard library only, as an app on a VM would.
 Environment: APP_BIND (the host's own address; never 0.0.0.0), APP_PORT.
 Behaviour flags in release.json make a release bad in a chosen way:
-health_fail, start_delay (seconds before it listens), error_rate (share of 500s on /),
-crash_on_start.
+health_fail, health_flap, start_delay (seconds before it listens), error_rate (share of 500s
+on /), crash_on_start, latency_ms (added to every / response) and fail_after (seconds after it
+starts listening during which / is good; then / answers 500 with probability error_rate, or
+always when error_rate is 0; /health stays 200).
 """
 
 import json
@@ -37,6 +39,17 @@ class Server(ThreadingHTTPServer):
         self.host_name = socket.gethostname()
         self.active = 0
         self.active_lock = threading.Lock()
+        self.listening_since = time.monotonic()
+
+    def error_share(self):
+        """The share of / requests that answer 500 now."""
+        rate = float(self.meta.get("error_rate", 0.0))
+        fail_after = self.meta.get("fail_after")
+        if fail_after is None:
+            return rate
+        if time.monotonic() - self.listening_since < float(fail_after):
+            return 0.0
+        return rate if rate > 0 else 1.0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -97,7 +110,10 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(min(max(seconds, 0.0), 600.0))
             self.wfile.write(data)
         elif url.path == "/":
-            if random.random() < float(meta.get("error_rate", 0.0)):
+            latency = int(meta.get("latency_ms", 0))
+            if latency > 0:
+                time.sleep(latency / 1000.0)
+            if random.random() < self.server.error_share():
                 self._reply(500, "injected error\n")
             else:
                 self._reply(200, f"host {self.server.host_name} version {meta['version']}\n")
