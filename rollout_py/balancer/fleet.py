@@ -15,6 +15,7 @@ from rollout_py.balancer.runtime import (
     RuntimeAPI,
     ServerState,
     SetState,
+    StatRow,
     set_state_of,
 )
 from rollout_py.errors import BalancerError, BalancerUnreachable
@@ -43,8 +44,10 @@ class Balancer(Protocol):
     def set_state(self, servers: Sequence[str], state: SetState) -> None: ...
     def sessions(self, servers: Sequence[str]) -> dict[str, int]: ...
     def sessions_by_lb(self, servers: Sequence[str]) -> dict[str, dict[str, int]]: ...
+    def stats(self, servers: Sequence[str]) -> dict[str, dict[str, StatRow]]: ...
     def shutdown_sessions(self, servers: Sequence[str]) -> None: ...
     def restore(self, snapshot: Snapshot, servers: Sequence[str]) -> None: ...
+    def set_weights(self, weights: Mapping[str, Mapping[str, int]]) -> dict[str, str]: ...
     def close(self) -> None: ...
 
 
@@ -102,10 +105,32 @@ class HAProxyFleet:
                     per[row.name] += row.scur
         return out
 
+    def stats(self, servers: Sequence[str]) -> dict[str, dict[str, StatRow]]:
+        """Each LB's ``show stat`` row of each of ``servers`` (LB url -> server -> row): one
+        ``show stat BACKEND 4 -1`` per LB; a server an LB does not have is absent from it."""
+        wanted = set(servers)
+        return {api.url: {row.name: row for row in api.stat(self.backend)
+                          if row.name in wanted and row.proxy == self.backend}
+                for api in self.apis}
+
     def shutdown_sessions(self, servers: Sequence[str]) -> None:
         for api in self.apis:
             for server in servers:
                 api.shutdown_sessions(self.backend, server)
+
+    def set_weights(self, weights: Mapping[str, Mapping[str, int]]) -> dict[str, str]:
+        """Sets each LB's server weights (LB url -> server -> weight); tries every one and
+        returns those refused ("url server" -> error). An unreachable LB raises."""
+        failed: dict[str, str] = {}
+        for api in self.apis:
+            for server, weight in weights.get(api.url, {}).items():
+                try:
+                    api.set_weight(self.backend, server, weight)
+                except BalancerUnreachable:
+                    raise
+                except BalancerError as exc:
+                    failed[f"{api.url} {server}"] = str(exc)
+        return failed
 
     def restore(self, snapshot: Snapshot, servers: Sequence[str]) -> None:
         """Puts each server back to its recorded weight and admin state, on every LB."""

@@ -105,9 +105,17 @@ class ServerState:
         return OP_STATES.get(self.op_state, str(self.op_state))
 
 
+# Per-server counters of ``show stat`` that the canary analysis reads (rollout_py.analysis):
+# cumulative since HAProxy started (a reload resets them to 0) ...
+STAT_COUNTERS = ("hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other",
+                 "eresp", "econ", "srv_abrt", "cli_abrt", "stot")
+# ... and averages in ms over the server's last 1024 requests (not cumulative).
+STAT_AVERAGES = ("qtime", "ctime", "rtime", "ttime")
+
+
 @dataclass(frozen=True, slots=True)
 class StatRow:
-    """The fields of one ``show stat`` row that rollout_py reads."""
+    """The fields of one ``show stat`` row that rollout_py reads (counters: empty cells are 0)."""
 
     proxy: str
     name: str
@@ -115,6 +123,21 @@ class StatRow:
     status: str
     weight: int
     check_status: str
+    hrsp_1xx: int = 0
+    hrsp_2xx: int = 0
+    hrsp_3xx: int = 0
+    hrsp_4xx: int = 0
+    hrsp_5xx: int = 0
+    hrsp_other: int = 0
+    eresp: int = 0
+    econ: int = 0
+    srv_abrt: int = 0
+    cli_abrt: int = 0
+    stot: int = 0
+    qtime: int = 0
+    ctime: int = 0
+    rtime: int = 0
+    ttime: int = 0
 
 
 def _check_error(command: str, answer: str) -> None:
@@ -158,12 +181,17 @@ def parse_servers_state(answer: str) -> tuple[ServerState, ...]:
 
 
 def parse_stat_csv(answer: str) -> tuple[StatRow, ...]:
-    """Parses ``show stat`` CSV into rows (frontends and backends included).
+    """Parses ``show stat`` CSV into rows (frontends and backends included). Fields the
+    answer lacks, and empty cells (a counter that does not apply), read as 0.
 
     Example:
         >>> parse_stat_csv("# pxname,svname,qcur,qmax,scur,status,weight,check_status\\n"
         ...                "app,app01,0,0,3,UP,1,L7OK\\n")[0].scur
         3
+        >>> row = parse_stat_csv("# pxname,svname,hrsp_2xx,hrsp_5xx,rtime,econ\\n"
+        ...                      "app,app01,120,3,14,\\n")[0]
+        >>> (row.hrsp_2xx, row.hrsp_5xx, row.rtime, row.econ)
+        (120, 3, 14, 0)
     """
     text = answer.lstrip()
     if not text.startswith("# "):
@@ -171,10 +199,14 @@ def parse_stat_csv(answer: str) -> tuple[StatRow, ...]:
     reader = csv.DictReader(text[2:].splitlines())
     rows = []
     for rec in reader:
+        try:
+            numbers = {f: int(rec.get(f) or 0) for f in ("scur", "weight", *STAT_COUNTERS,
+                                                         *STAT_AVERAGES)}
+        except ValueError as exc:
+            raise BalancerError(f"unexpected 'show stat' row: {rec!r}") from exc
         rows.append(StatRow(
             proxy=rec.get("pxname", ""), name=rec.get("svname", ""),
-            scur=int(rec.get("scur") or 0), status=rec.get("status", ""),
-            weight=int(rec.get("weight") or 0), check_status=rec.get("check_status", ""),
+            status=rec.get("status", ""), check_status=rec.get("check_status", ""), **numbers,
         ))
     return tuple(rows)
 
