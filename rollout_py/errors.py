@@ -8,9 +8,11 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
     RolloutError
     ├── InputError            bad input from the user; nothing was touched
     │   ├── SpecError         the rollout spec is invalid (names file, field path, expectation)
-    │   └── PreflightError    the fleet is not in a state to deploy to; nothing was touched
-    │       └── LockHeldError another deploy or a manual hold has the fleet (carries .holder,
-    │                         a rollout_py.lock.Holder; the CLI exits 4)
+    │   ├── PreflightError    the fleet is not in a state to deploy to; nothing was touched
+    │   │   └── LockHeldError another deploy or a manual hold has the fleet (carries .holder,
+    │   │                     a rollout_py.lock.Holder; the CLI exits 4)
+    │   └── ControlRefusedError  an operator control was not sent: no deploy is running in the
+    │                         state directory, or not the one named (the CLI exits 2)
     ├── DeployFailedError     raised by DeployResult.raise_for_status() (carries the result)
     ├── ControllerError       the controller could not run a step (disk full, runner crash)
     ├── StateError            the state directory or a journal is missing or unreadable
@@ -108,6 +110,23 @@ class LockHeldError(PreflightError):
         hint = " (`rollout lock release` removes it)" if holder.kind == "hold" else ""
         super().__init__(f"fleet is locked: {holder.describe()}{hint}")
         self.holder = holder
+
+
+class ControlRefusedError(InputError):
+    """An operator control (``rollout promote|abort|pause|continue``) was not sent: no deploy
+    is running in ``state_dir``, the one named (``deploy_id``) is not, or several are and none
+    was named. Nothing was written; ``running`` holds the ids of the deploys running there.
+
+    Example:
+        >>> err = ControlRefusedError("no deploy is running in .rollout", state_dir=".rollout")
+        >>> isinstance(err, InputError), err.running
+        (True, ())
+    """
+
+    def __init__(self, message: str, *, state_dir: str, deploy_id: str | None = None,
+                 running: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.state_dir, self.deploy_id, self.running = state_dir, deploy_id, running
 
 
 class DeployFailedError(RolloutError):
