@@ -19,6 +19,7 @@ from typing import Any
 from rollout_py import events as ev
 from rollout_py.balancer.fleet import Balancer
 from rollout_py.balancer.runtime import validate_name
+from rollout_py.controls import Control
 from rollout_py.engine import Engine, Settings, new_deploy_id
 from rollout_py.errors import BalancerError, InputError
 from rollout_py.executor import Executor, previous_versions_from_artifacts
@@ -32,6 +33,7 @@ from rollout_py.result import DeployResult
 from rollout_py.session import FleetSession, open_balancer, redactor_for, ssh_options_for
 from rollout_py.spec import HAProxyProbe, HttpProbe, Spec, TcpProbe, load_spec
 from rollout_py.state import StateDir, digest
+from rollout_py.steps import describe_gate
 from rollout_py.validate import validate_version
 
 __all__ = ["Context", "deploy", "load_spec", "open_balancer", "plan", "resume",
@@ -95,7 +97,28 @@ def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str |
                            if spec.rollback_playbook else None),
         drain_timeout=spec.haproxy.drain_timeout,
         pause_between_batches=spec.pause_between_batches,
+        strategy=spec.strategy, canary_hosts=spec.canary.hosts if spec.canary else None,
+        canary_steps=spec.canary.steps if spec.canary else (),
+        gates=[describe_gate(g) for g in spec.analysis.gates] if spec.analysis else (),
+        soak=spec.health.soak, interval=spec.analysis.interval if spec.analysis else None,
     )
+
+
+def lb_weights(spec: Spec, the_plan: Plan) -> dict[str, dict[str, int]] | None:
+    """Each LB's weights of the plan's servers in rotation (read-only), for ``rollout plan``
+    to show traffic shares as weights; None when an LB does not answer."""
+    try:
+        lbs = open_balancer(spec)
+    except BalancerError:
+        return None
+    try:
+        return {url: {s: st.weight for s, st in per.items()
+                      if s in the_plan.servers.values() and st.in_rotation}
+                for url, per in lbs.states().items()}
+    except BalancerError:
+        return None
+    finally:
+        lbs.close()
 
 
 def make_checks(ctx: Context, extravars: Mapping[str, Any]
@@ -156,7 +179,8 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
            on_event: Callable[[ev.Event], None] | None = None,
            sinks: Sequence[Callable[[ev.Event], None]] = (), state_dir: str | Path | None = None,
            lock_wait: float = 0.0, verbosity: int = 0, install_signal_handlers: bool = True,
-           executor: Executor | None = None, balancer: Balancer | None = None) -> DeployResult:
+           executor: Executor | None = None, balancer: Balancer | None = None,
+           strategy: str | None = None, ignore_metrics: bool = False) -> DeployResult:
     """Runs a rolling deploy and returns its result (a failure is a result, not an exception).
 
     Every event is journaled (fsync'd) in the state directory before anyone else sees it; the
@@ -177,6 +201,8 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
         'succeeded'
     """
     validate_version(version)
+    if strategy == "rolling" and spec.strategy != "rolling":
+        spec = spec.model_copy(update={"strategy": "rolling", "canary": None})
     ctx = Context.resolve(spec, inventory=inventory, limit=limit)
     deploy_id = new_deploy_id()
     state = StateDir(Path(state_dir) if state_dir else spec.state_path())
@@ -196,6 +222,7 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
             record = state.create(deploy_id, meta={
                 "name": spec.name, "version": version, "inventory": ctx.inventory_source,
                 "limit": limit, "force": force, "spec_file": spec.source,
+                "strategy": spec.strategy,
                 "control_dir": control_dir, "spec_digest": digest(snapshot),
                 "plan_digest": digest(the_plan.identity()),
                 "extravars": session.redactor.data(session.plain_vars),
@@ -205,7 +232,8 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
                       allow_no_rollback=allow_no_rollback, state=state)
             return session.run(lambda all_sinks: _engine(
                 ctx, the_plan, runner, lbs, session.all_vars, versions, force_drain,
-                all_sinks, deploy_id, session.redactor), record.journal)
+                all_sinks, deploy_id, session.redactor, ignore_metrics=ignore_metrics,
+                controls=session.controls(deploy_id)), record.journal)
         except InputError as exc:
             if record is not None and not session.started:
                 shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
@@ -222,7 +250,10 @@ def _name_deploy(exc: InputError, deploy_id: str) -> None:
 def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
             all_vars: Mapping[str, Any], versions: Mapping[str, str | None], force_drain: bool,
             sinks: Sequence[Callable[[ev.Event], None]], deploy_id: str,
-            redactor: Redactor) -> Engine:
+            redactor: Redactor, *, ignore_metrics: bool = False,
+            controls: Callable[[], Sequence[Control]] | None = None) -> Engine:
+    from rollout_py.analysis.prometheus import query as prom_query
+
     spec = ctx.spec
     prober = Prober(executor.run_command, haproxy_up_check(lbs))
     return Engine(
@@ -233,7 +264,9 @@ def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
                           extravars={}, known_versions=versions,
                           version_of=version_reader(ctx) if spec.version_url else None,
                           stage_tags=spec.stage.tags if spec.stage else None,
-                          switch_tags=spec.stage.switch_tags if spec.stage else None),
+                          switch_tags=spec.stage.switch_tags if spec.stage else None,
+                          analysis=spec.analysis, prometheus=prom_query,
+                          ignore_metrics=ignore_metrics, controls=controls),
         sinks=sinks, deploy_id=deploy_id, redactor=redactor)
 
 
@@ -242,7 +275,7 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
            on_event: Callable[[ev.Event], None] | None = None,
            sinks: Sequence[Callable[[ev.Event], None]] = (), state_dir: str | Path | None = None,
            lock_wait: float = 0.0, verbosity: int = 0,
-           install_signal_handlers: bool = True) -> DeployResult:
+           install_signal_handlers: bool = True, ignore_metrics: bool = False) -> DeployResult:
     """Takes over a stopped deploy: reconciles its journal with the live LB state, then goes on.
 
     What it does is decided by ``rollout_py.reconcile``: a server in rotation is drained before
@@ -269,6 +302,9 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
         raise InputError(f"deploy {record.deploy_id} is finished ({finished.status}): "
                          "nothing to resume")
     meta = record.meta()
+    if meta.get("strategy") == "rolling" and spec.strategy != "rolling":
+        # `rollout rollback` rolls a canary spec as a rolling one; its resume does too.
+        spec = spec.model_copy(update={"strategy": "rolling", "canary": None})
     names = [*meta.get("secret_vars", []), *secret_vars]
     redactor = redactor_for(spec, extravars or {}, names)
     if digest(_spec_snapshot(spec, redactor)) != meta["spec_digest"]:
@@ -297,7 +333,9 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
 
         def engine(all_sinks: Sequence[Callable[[ev.Event], None]]) -> Engine:
             built = _engine(ctx, the_plan, runner, lbs, session.all_vars, known, False,
-                            all_sinks, record.deploy_id, session.redactor)
+                            all_sinks, record.deploy_id, session.redactor,
+                            ignore_metrics=ignore_metrics,
+                            controls=session.controls(record.deploy_id))
             if not continue_:
                 built.stop_after_reconcile()
             return built

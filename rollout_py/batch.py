@@ -49,7 +49,9 @@ class BatchSteps(SagaBase):
         else:
             self.emit(ev.BatchSucceeded, batch=batch.index, durations=durations)
             return True, None, []
-        if self._foreign:
+        if self._watch_failure is not None:  # the watch cancelled the step: say why
+            failure, cause = "analysis", self._watch_failure[1]
+        elif self._foreign:
             failure, cause = "foreign_change", ("someone else changed servers of the batch: "
                                                 + "; ".join(f"{k}: {v}" for k, v in
                                                             sorted(self._foreign.items())))

@@ -30,6 +30,13 @@ EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_LOCKED = 0, 1, 2, 4
 LAZY_COMMANDS = {
     "lab": ("rollout_py.lab.cli", "lab",
             "A local fleet: network-namespace hosts with sshd and a sample app behind HAProxy."),
+    # Operator controls for a running deploy, sent through the state directory.
+    "promote": ("rollout_py.cli_controls", "promote",
+                "Go to the running canary's next step now (--all: skip every remaining step)."),
+    "abort": ("rollout_py.cli_controls", "abort", "Roll the running canary back now."),
+    "pause": ("rollout_py.cli_controls", "pause",
+              "Hold the running deploy at its next safe point (nothing out of rotation)."),
+    "continue": ("rollout_py.cli_controls", "continue_", "End a pause of the running deploy."),
 }
 
 
@@ -132,10 +139,14 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
     versions = read_versions(ctx) if spec.version_url else {}
     the_plan = api.plan(spec, version=version, force=force, current_versions=versions,
                         context=ctx)
+    weights = api.lb_weights(spec, the_plan) if the_plan.traffic else None
     if as_json:
-        click.echo(json.dumps(the_plan.to_json(), indent=2))
+        data = the_plan.to_json()
+        if weights is not None:
+            data["lb_weights"] = weights
+        click.echo(json.dumps(data, indent=2))
     else:
-        click.echo("\n".join(plan_lines(the_plan)))
+        click.echo("\n".join(plan_lines(the_plan, weights)))
     return EXIT_OK
 
 
@@ -159,6 +170,9 @@ def _unattended(fn: Any) -> Any:
                      help="Write a node_exporter textfile with the outcome."),
         click.option("-v", "--verbose", count=True,
                      help="More detail (repeat for Ansible's -vvv)."),
+        click.option("--ignore-metrics-unavailable", "ignore_metrics", is_flag=True,
+                     help="A Prometheus gate that cannot be read passes with a journaled "
+                          "warning (default: inconclusive, which never passes)."),
     ]):
         fn = option(fn)
     return fn
@@ -178,7 +192,7 @@ def deploy(spec_file: Path, version: str, inventory: str | None, limit: str | No
            force: bool, force_drain: bool, allow_no_rollback: bool, extra: tuple[str, ...],
            secret_vars: tuple[str, ...], state_dir: Path | None, lock_wait: float,
            as_json: bool, log_file: Path | None, metrics_file: Path | None,
-           verbose: int) -> int:
+           verbose: int, ignore_metrics: bool) -> int:
     """Roll VERSION out in batches: drain, upgrade, probe, enable; roll back on failure."""
     from rollout_py import api
 
@@ -188,7 +202,7 @@ def deploy(spec_file: Path, version: str, inventory: str | None, limit: str | No
         spec, version=version, inventory=inventory, limit=limit, extravars=extravars,
         secret_vars=secret_vars, force=force, force_drain=force_drain,
         allow_no_rollback=allow_no_rollback, sinks=sinks, state_dir=state_dir,
-        lock_wait=lock_wait, verbosity=max(0, verbose - 1)),
+        lock_wait=lock_wait, verbosity=max(0, verbose - 1), ignore_metrics=ignore_metrics),
         as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose,
         state_root=state_dir or spec.state_path())
 
@@ -206,7 +220,7 @@ def rollback(spec_file: Path, target: str | None, inventory: str | None, limit: 
              force: bool, allow_no_rollback: bool, extra: tuple[str, ...],
              secret_vars: tuple[str, ...], state_dir: Path | None, lock_wait: float,
              as_json: bool, log_file: Path | None, metrics_file: Path | None,
-             verbose: int) -> int:
+             verbose: int, ignore_metrics: bool) -> int:
     """Return the whole fleet to the previous (or named) version, with the same safety."""
     from rollout_py import api
     from rollout_py.operations import rollback_target
@@ -219,7 +233,8 @@ def rollback(spec_file: Path, target: str | None, inventory: str | None, limit: 
     return _run(lambda sinks: api.deploy(
         spec, version=version, inventory=inventory, limit=limit, extravars=extravars,
         secret_vars=secret_vars, force=force, allow_no_rollback=allow_no_rollback,
-        sinks=sinks, state_dir=state_dir, lock_wait=lock_wait, verbosity=max(0, verbose - 1)),
+        sinks=sinks, state_dir=state_dir, lock_wait=lock_wait, verbosity=max(0, verbose - 1),
+        strategy="rolling", ignore_metrics=ignore_metrics),
         as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose,
         state_root=state_dir or spec.state_path())
 
@@ -233,7 +248,7 @@ def rollback(spec_file: Path, target: str | None, inventory: str | None, limit: 
 def resume(deploy_id: str | None, spec_file: Path, no_continue: bool, extra: tuple[str, ...],
            secret_vars: tuple[str, ...], state_dir: Path | None, lock_wait: float,
            as_json: bool, log_file: Path | None, metrics_file: Path | None,
-           verbose: int) -> int:
+           verbose: int, ignore_metrics: bool) -> int:
     """Take over a stopped deploy (default: the last one): died, interrupted or stopped."""
     from rollout_py import api
 
@@ -242,7 +257,7 @@ def resume(deploy_id: str | None, spec_file: Path, no_continue: bool, extra: tup
     return _run(lambda sinks: api.resume(
         spec, deploy_id, continue_=not no_continue, extravars=extravars,
         secret_vars=secret_vars, sinks=sinks, state_dir=state_dir, lock_wait=lock_wait,
-        verbosity=max(0, verbose - 1)),
+        verbosity=max(0, verbose - 1), ignore_metrics=ignore_metrics),
         as_json=as_json, log_file=log_file, metrics_file=metrics_file, verbose=verbose,
         state_root=state_dir or spec.state_path())
 

@@ -1,7 +1,9 @@
 """The rolling-deploy saga: runs a plan's batches, journals every event, stops and resumes.
 
-The steps themselves live in ``rollout_py.batch`` (forward) and ``rollout_py.undo``; the
-decision of what a resume does in ``rollout_py.reconcile``.
+The plan's steps are executed in order: batches (``rollout_py.batch`` forward,
+``rollout_py.undo``) and traffic steps (``rollout_py.traffic``); a continuous watch
+(``rollout_py.health_watch``) keeps batches back in rotation under probes and analysis; a
+resume (``rollout_py.takeover``) executes what ``rollout_py.reconcile`` decides.
 
 Rolling a batch back runs the undo of every step it applied, in reverse, including the one
 that failed. Control never leaves a batch between drain and enable without rolling it back or
@@ -11,6 +13,7 @@ running step and rolls the batch back at once. A rollback itself is never cancel
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -19,14 +22,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from rollout_py import events as ev
-from rollout_py.balancer import fleet
 from rollout_py.balancer.fleet import Balancer, wait_until
 from rollout_py.batch import BatchSteps
-from rollout_py.errors import JournalError
+from rollout_py.errors import BalancerError, JournalError
 from rollout_py.executor import Executor
-from rollout_py.planner import Plan
-from rollout_py.probes import Prober
-from rollout_py.reconcile import RETRYABLE, reconcile
+from rollout_py.health_watch import HealthWatch
+from rollout_py.planner import Plan, PlannedBatch
+from rollout_py.probes import Check, Prober
+from rollout_py.reconcile import RETRYABLE
 from rollout_py.redact import Redactor
 from rollout_py.result import EXIT_CODES, DeployResult, fold
 from rollout_py.saga import (
@@ -37,8 +40,11 @@ from rollout_py.saga import (
     RunState,
     Settings,
     Sink,
-    snapshot_of,
+    Stopped,
 )
+from rollout_py.steps import TrafficStep
+from rollout_py.takeover import ResumeSteps
+from rollout_py.traffic import TrafficSteps
 from rollout_py.undo import UndoSteps
 
 __all__ = ["BatchFailure", "Engine", "Settings", "new_deploy_id"]
@@ -48,7 +54,7 @@ def new_deploy_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-class Engine(BatchSteps, UndoSteps):
+class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
     """Runs a Plan. Every side effect goes through the executor, balancer and prober seams.
 
     Example:
@@ -86,6 +92,16 @@ class Engine(BatchSteps, UndoSteps):
         self._last_failure: ev.Failure | None = None
         self._undid = False  # a rollback ran in this run: the outcome is no mere stop
         self._foreign: dict[str, str] = {}  # "lb server" -> what someone else set
+        self._weights_recorded: dict[str, dict[str, int]] | None = None
+        self._weights_dirty = False
+        self._skip_canary = False
+        self._pause_requested: str | None = None
+        self._aborted_by: str | None = None
+        self._control_by = ""
+        self._watch_failure: tuple[tuple[str, ...], str] | None = None
+        self._done_hosts: list[str] = []
+        self._traffic_from: int | None = None  # resume: replay a batch's traffic steps
+        self._watch: HealthWatch | None = None
 
     # --- events --------------------------------------------------------------------------
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
@@ -162,6 +178,7 @@ class Engine(BatchSteps, UndoSteps):
         plan = self.plan
         done: list[Applied] = []
         state = RunState()
+        self._watch = self._new_watch()
         try:
             if resume is None:
                 self.emit(ev.DeployStarted, name=plan.name, version=plan.version,
@@ -184,33 +201,152 @@ class Engine(BatchSteps, UndoSteps):
             state.cause = f"{exc}; stopped before the next action"
             if self._current is not None and self._current.drained:
                 state.stranded += list(self._current.batch.hosts)
+        finally:
+            self._end_watch()
         return self._finish(done, state)
 
+    def _new_watch(self) -> HealthWatch | None:
+        """The continuous watch over batches back in rotation (probes that need no Ansible
+        run, and per-server analysis windows when the spec has an analysis section)."""
+        if not self.settings.watch or not self.plan.batches:
+            return None
+        s, version = self.settings, self.plan.version
+
+        def checks(host: str) -> list[Check]:
+            return [c for c in self.checks(host, version)[0] if c.kind in ("http", "tcp")]
+
+        def failed(hosts: tuple[str, ...], cause: str) -> None:
+            self._watch_failure = (hosts, cause)
+            self._abort.set()  # cancels the running step; the loop rolls back
+
+        return HealthWatch(
+            balancer=self.balancer, prober=self.prober, checks=checks,
+            servers=self.plan.servers, baseline=self._baseline, emit=self.emit,
+            on_fail=failed, interval=s.analysis.interval if s.analysis else s.health.interval,
+            consecutive=s.health.consecutive, analysis=s.analysis, prometheus=s.prometheus,
+            ignore_metrics=s.ignore_metrics)
+
+    def _end_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+
     def _loop(self, start: int, done: list[Applied], state: RunState) -> None:
-        plan = self.plan
-        for i in range(start, len(plan.batches)):
-            batch = plan.batches[i]
-            self._flush_interrupts()
-            if self._stop_after_batch.is_set():
-                break
-            applied = Applied(batch)
-            self._current = applied
-            ok, batch_cause, batch_stranded = self._run_batch(applied)
-            self._current = None
-            self._flush_interrupts()
-            if ok:
-                done.append(applied)
-                if i + 1 < len(plan.batches) and plan.pause_between_batches > 0:
-                    wait_until(lambda: self._stop_after_batch.is_set(),
-                               plan.pause_between_batches, 0.1)
-                continue
-            state.failed, state.cause = True, batch_cause
-            state.stranded += batch_stranded
-            if self._last_failure in RETRYABLE:
-                state.resumable = True  # not the release's fault: resume retries
+        """Executes the plan's steps from batch ``start`` (0-based) on; ``traffic_from``
+        (a step position) when a resume replays a batch's traffic steps first."""
+        steps = self.plan.steps
+        pos = self._traffic_from if self._traffic_from is not None else next(
+            (i for i, st in enumerate(steps) if isinstance(st, PlannedBatch)
+             and st.index == start + 1), len(steps))
+        try:
+            for i in range(pos, len(steps)):
+                step = steps[i]
+                self._flush_interrupts()
+                if isinstance(step, PlannedBatch):
+                    if not self._batch_step(step, steps[i + 1:], done, state):
+                        break
+                elif not self._traffic_step(step, done, state):
+                    break
+        except Exception:
+            self._restore_weights_if_changed()
+            raise
+        self._restore_weights_if_changed()
+
+    def _restore_weights_if_changed(self) -> None:
+        # Not after kill -9, of course: then resume restores them from the journal. An LB
+        # lost now: the same.
+        if self._weights_dirty and not self._journal_failed:
+            with contextlib.suppress(BalancerError):
+                self._restore_weights()
+
+    def _batch_step(self, batch: PlannedBatch, rest: Sequence[PlannedBatch | TrafficStep],
+                    done: list[Applied], state: RunState) -> bool:
+        """Runs one batch; False when the deploy stops here."""
+        if self._stop_after_batch.is_set():
+            return False
+        if self._watch_failure is not None or self._aborted_by is not None:
+            return self._traffic_step(None, done, state)
+        applied = Applied(batch)
+        self._current = applied
+        ok, batch_cause, batch_stranded = self._run_batch(applied)
+        self._current = None
+        self._flush_interrupts()
+        if ok:
+            done.append(applied)
+            self._done_hosts += batch.hosts
+            self._watch_batch(batch)
+            if rest and isinstance(rest[0], PlannedBatch) and self.plan.pause_between_batches:
+                wait_until(lambda: self._stop_after_batch.is_set(),
+                           self.plan.pause_between_batches, 0.1)
+            return True
+        state.failed, state.cause = True, batch_cause
+        state.stranded += batch_stranded
+        if self._last_failure in RETRYABLE:
+            state.resumable = True  # not the release's fault: resume retries
+        else:
+            self._roll_back_named(done, batch.index, batch_cause or "", state)
+        return False
+
+    def _traffic_step(self, step: TrafficStep | None, done: list[Applied],
+                      state: RunState) -> bool:
+        """Runs one traffic step (None: only meet what ended the last one); False when the
+        deploy stops here. A failure rolls back the judged batch, then per on_failure."""
+        try:
+            if step is None:
+                self._check_running()
             else:
-                self._rollback_earlier(done, batch.index, batch_cause or "", state)
-            break
+                self._traffic(step)
+            return True
+        except Stopped:
+            return False
+        except BatchFailure as exc:
+            failure, cause, hosts = exc.failure, exc.cause, exc.hosts
+        self._last_failure = failure
+        judged = step.batch if step is not None else max(
+            (a.batch.index for a in done), default=0)
+        self.emit(ev.BatchFailed, batch=judged, failure=failure, cause=cause,
+                  hosts=tuple(hosts))
+        state.failed, state.cause = True, cause
+        if failure in RETRYABLE:  # e.g. the capacity to shape traffic is missing: retry
+            state.resumable = True
+            return False
+        named = {a.batch.index for a in done if set(a.batch.hosts) & set(hosts)} | {judged}
+        self._roll_back_batches(done, named - {judged}, failure, cause, state,
+                                also=[a for a in done if a.batch.index == judged])
+        self._restore_weights()
+        self._rollback_earlier(done, judged, cause, state)
+        return False
+
+    def _roll_back_batches(self, done: list[Applied], named: set[int], failure: ev.Failure,
+                           cause: str, state: RunState, also: Sequence[Applied] = ()) -> None:
+        """Rolls back batches already done (``also``, then those ``named``), newest first;
+        each named one is journaled as failed first, so a resume finishes the job."""
+        targets = [*also, *(a for a in reversed(done) if a.batch.index in named)]
+        for applied in targets:
+            if applied.batch.index in named:
+                self.emit(ev.BatchFailed, batch=applied.batch.index, failure=failure,
+                          cause=cause, hosts=applied.batch.hosts)
+        for applied in targets:
+            done.remove(applied)
+            state.stranded += self._rollback(applied, cause)
+
+    def _roll_back_named(self, done: list[Applied], index: int, cause: str,
+                         state: RunState) -> None:
+        """After a batch failed: the earlier batches a failed watch named, then per
+        on_failure."""
+        if self._watch_failure is not None:
+            hosts = set(self._watch_failure[0])
+            named = {a.batch.index for a in done if set(a.batch.hosts) & hosts}
+            self._roll_back_batches(done, named, "analysis", cause, state)
+        self._rollback_earlier(done, index, cause, state)
+
+    def _upgraded_hosts(self) -> list[str]:
+        current = self._current.batch.hosts if self._current is not None else ()
+        return [*self._done_hosts, *current]
+
+    def _watch_batch(self, batch: PlannedBatch) -> None:
+        """Hands a batch back in rotation to the continuous watch (rollout_py.watchful)."""
+        if self._watch is not None:
+            self._watch.add(batch)
 
     def _finish(self, done: list[Applied], state: RunState) -> DeployResult:
         self._flush_interrupts()
@@ -241,72 +377,3 @@ class Engine(BatchSteps, UndoSteps):
         self.emit(ev.DeployFinished, status=status, exit_code=EXIT_CODES[status], cause=cause,
                   stranded=tuple(dict.fromkeys(state.stranded)), resumable=resumable)
         return fold(self._events)
-
-    # --- resume --------------------------------------------------------------------------
-    def _resume(self, events: list[ev.Event], done: list[Applied], state: RunState) -> int:
-        """Takes over a stopped deploy: executes what ``reconcile`` decides from its journal
-        and the live LB state. Returns the index of the first batch still to run."""
-        plan = self.plan
-        self._events = list(events)
-        self._seq = max((e.seq for e in events), default=0)
-        for e in events:
-            if isinstance(e, ev.DeployStarted):
-                for host, version in e.versions.items():
-                    self._previous.setdefault(host, version)
-            if isinstance(e, ev.StepFinished) and e.step == "upgrade":
-                for host, version in e.versions.items():
-                    if version is not None:
-                        self._previous[host] = version
-        exposed = fleet.exposed(self.balancer.states(), plan.servers.values())
-        decision = reconcile(events, plan, exposed=exposed, staged=bool(self.settings.stage_tags))
-        if not decision.steps:
-            nxt = decision.next_batch
-            self.emit(ev.DeployResumed, batch=nxt, action="continue" if nxt else "none",
-                      detail=f"nothing to undo: continuing with batch {nxt}" if nxt else
-                      "nothing to undo and no batch left to run")
-        applied_done = {i: Applied(plan.batches[i - 1], snapshot=snapshot_of(
-            decision.recorded.get(i)), drained=True, upgraded=True, enabled=True)
-            for i in decision.done}
-        for step in decision.steps:
-            self.emit(ev.DeployResumed, batch=step.batch, action=step.action, detail=step.detail)
-            if step.action == "stage":
-                self._stage(state)
-                if state.failed:
-                    return len(plan.batches)
-                continue
-            assert step.batch is not None
-            batch = plan.batches[step.batch - 1]
-            if step.action == "finish":
-                applied = Applied(batch, snapshot=snapshot_of(decision.recorded.get(batch.index)),
-                                   drained=True, upgraded=True)
-                self._current = applied
-                ok, cause, stranded = self._run_batch(applied, finish_only=True)
-                self._current = None
-                if ok:
-                    applied_done[batch.index] = applied
-                    continue
-                done += applied_done.values()
-                state.failed, state.cause, state.stranded = True, cause, stranded
-                if self._last_failure not in RETRYABLE:
-                    self._rollback_earlier(done, batch.index, cause or "", state)
-                else:
-                    state.resumable = True
-                return len(plan.batches)
-            applied = Applied(batch, snapshot=snapshot_of(decision.recorded.get(batch.index)),
-                               drained=True, upgraded=step.upgrade, enabled=step.drain)
-            applied_done.pop(batch.index, None)
-            self._current = applied
-            stranded = self._rollback(applied, f"resume: {step.detail}")
-            self._current = None
-            if stranded:
-                state.stranded += stranded
-        done += sorted(applied_done.values(), key=lambda a: a.batch.index)
-        state.stranded += decision.stranded
-        if decision.failure is not None or state.stranded:
-            # The failure was being unwound: whatever it rolled back counts for the outcome.
-            self._undid |= any(isinstance(e, ev.RollbackStarted) for e in events)
-            state.failed = True
-            state.cause = decision.cause or "a rollback on resume left hosts out of rotation"
-            self._last_failure = decision.failure
-            return len(plan.batches)
-        return (decision.next_batch or len(plan.batches) + 1) - 1

@@ -19,10 +19,18 @@ Status = Literal["succeeded", "rolled_back", "stopped", "failed", "cancelled"]
 # capacity. foreign_change: someone else changed a server of the batch.
 Failure = Literal["unreachable", "task_failed", "probe_failed", "drain_timeout", "balancer",
                   "controller", "balancer_unreachable", "cancelled", "capacity",
-                  "foreign_change"]
+                  "foreign_change", "analysis", "aborted"]
+# analysis: a gate failed (canary step, a rolling batch's soak, or the continuous watch of the
+# batches back in rotation); aborted: `rollout abort`.
+# A window's verdict: never "pass" on no data; "reset" when HAProxy's counters went down.
+Verdict = Literal["pass", "fail", "inconclusive", "reset"]
+# What a window judged: a canary step, a rolling batch's soak, the watch over done batches.
+Purpose = Literal["canary", "soak", "watch"]
+# Operator controls, sent through the state directory (rollout_py.controls).
+ControlAction = Literal["promote", "promote_all", "abort", "pause", "continue"]
 # The host-side steps of a deploy, and the phases in which probes run.
 StepName = Literal["stage", "upgrade", "rollback"]
-Phase = Literal["verify", "soak", "rollback"]
+Phase = Literal["verify", "soak", "rollback", "watch"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,9 +269,103 @@ class DeployFinished(Event):
     resumable: bool = False  # `rollout resume` takes it up (after a stop, an interrupt, ...)
 
 
+@_frozen
+class WeightsRecorded(Event):
+    """Every fleet server's weight on every LB, journaled before the first ``set weight``:
+    what rollback, abort, interrupt and resume restore, exactly."""
+
+    kind: ClassVar[str] = "weights_recorded"
+    weights: dict[str, dict[str, int]]  # LB url -> server -> weight
+
+
+@_frozen
+class WeightsSet(Event):
+    kind: ClassVar[str] = "weights_set"
+    step: int  # the plan step (1-based)
+    share: float  # asked share of the canary servers (0..1)
+    achieved: dict[str, float]  # LB url -> share the weights give
+    weights: dict[str, dict[str, int]]  # LB url -> server -> weight set
+
+
+@_frozen
+class WeightsRestored(Event):
+    kind: ClassVar[str] = "weights_restored"
+    weights: dict[str, dict[str, int]]
+    failed: dict[str, str] = field(default_factory=dict)  # "lb server" -> error
+    step: int = 0  # the plan's restore step; 0: after a failure, an abort or an interrupt
+
+
+@_frozen
+class AnalysisWindow(Event):
+    """One judged window: raw counters, deltas, each gate's number, threshold and verdict."""
+
+    kind: ClassVar[str] = "analysis_window"
+    batch: int
+    step: int  # plan step (0: the continuous watch)
+    purpose: Purpose
+    window: int
+    canary: tuple[str, ...]  # judged servers
+    baseline: tuple[str, ...]  # the servers on the old version, same window
+    verdict: Verdict
+    reason: str
+    gates: tuple[dict[str, Any], ...]  # gate, verdict, value, threshold, detail
+    groups: dict[str, dict[str, Any]]  # canary|baseline -> requests, errors, rates, latency
+    deltas: dict[str, dict[str, int]]  # server -> counters in the window, summed over LBs
+    raw: dict[str, dict[str, dict[str, int]]]  # LB url -> server -> cumulative counters
+
+
+@_frozen
+class AnalysisFinished(Event):
+    kind: ClassVar[str] = "analysis_finished"
+    batch: int
+    step: int
+    purpose: Purpose
+    verdict: Literal["pass", "fail", "promoted", "aborted"]
+    cause: str
+    hosts: tuple[str, ...] = ()  # the hosts a failure names
+
+
+@_frozen
+class PauseStarted(Event):
+    kind: ClassVar[str] = "pause_started"
+    step: int
+    duration: float | None  # None: until promoted
+    by: str  # "plan" or who sent `rollout pause`
+
+
+@_frozen
+class PauseEnded(Event):
+    kind: ClassVar[str] = "pause_ended"
+    step: int
+    how: str  # elapsed | promoted | continued | aborted
+
+
+@_frozen
+class ControlReceived(Event):
+    """An operator's control, read from the state directory, with who sent it and when."""
+
+    kind: ClassVar[str] = "control_received"
+    action: ControlAction
+    by: str
+    sent_at: float
+    control_id: str
+    effect: str
+
+
+@_frozen
+class MetricsUnavailable(Event):
+    """A Prometheus gate could not be read and --ignore-metrics-unavailable let it pass."""
+
+    kind: ClassVar[str] = "metrics_unavailable"
+    gate: str
+    detail: str
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     DeployStarted, BatchStarted, CapacityChecked, StateRecorded, DrainStarted, ServersDrained,
     ServersDisabled, StepStarted, StepFinished, ProbePassed, ProbeFailed, DriftCorrected,
     ForeignChange, ServersEnabled, BatchSucceeded, BatchFailed, RollbackStarted,
-    RollbackFinished, Interrupted, DeployResumed, DeployFinished,
+    RollbackFinished, Interrupted, DeployResumed, DeployFinished, WeightsRecorded, WeightsSet,
+    WeightsRestored, AnalysisWindow, AnalysisFinished, PauseStarted, PauseEnded,
+    ControlReceived, MetricsUnavailable,
 )

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rollout_py.errors import InputError
+from rollout_py.steps import Analyse, Pause, RestoreWeights, SetWeight, TrafficStep, step_line
 
 
 def _size(value: int | str, total: int) -> int:
@@ -58,6 +59,18 @@ class Plan:
     rollback_playbook: str | None
     drain_timeout: float
     pause_between_batches: float
+    strategy: str = "rolling"
+    traffic: tuple[TrafficStep, ...] = ()  # each after its batch (``step.batch``)
+    interval: float | None = None  # analysis window, seconds
+
+    @property
+    def steps(self) -> tuple[PlannedBatch | TrafficStep, ...]:
+        """Every step in order: each batch, then the traffic steps that act on it."""
+        out: list[PlannedBatch | TrafficStep] = []
+        for batch in self.batches:
+            out.append(batch)
+            out += [t for t in self.traffic if t.batch == batch.index]
+        return tuple(out)
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -95,6 +108,8 @@ class Plan:
         data["skipped"] = dict(self.skipped)
         data["rollback"] = self.rollback_description()
         data["steps"] = [self.batch_steps(b) for b in self.batches]
+        data["traffic"] = [{**asdict(t), "line": step_line(t, self.interval)}
+                           for t in self.traffic]
         return data
 
     def batch_steps(self, batch: PlannedBatch) -> list[str]:
@@ -120,7 +135,10 @@ def make_plan(*, name: str, version: str, fleet: Sequence[str], targets: Sequenc
               max_unavailable: int | str | None, current_versions: Mapping[str, str | None],
               force: bool, backend: str, sockets: Sequence[str], on_failure: str,
               playbook: str, rollback_playbook: str | None, drain_timeout: float,
-              pause_between_batches: float) -> Plan:
+              pause_between_batches: float, strategy: str = "rolling",
+              canary_hosts: int | str | None = None, canary_steps: Sequence[Any] = (),
+              gates: Sequence[str] = (), soak: float = 0,
+              interval: float | None = None) -> Plan:
     """Builds the plan; raises InputError when no valid plan exists.
 
     Example:
@@ -139,7 +157,14 @@ def make_plan(*, name: str, version: str, fleet: Sequence[str], targets: Sequenc
             skipped[host] = f"already at {version}"
         else:
             todo.append(host)
-    sizes = batch_sizes(batches, len(todo)) if todo else []
+    if strategy == "canary" and todo:
+        first = min(_size(canary_hosts or 1, len(todo)), len(todo))
+        if first == len(todo) and len(todo) > 0:
+            raise InputError(f"canary.hosts ({canary_hosts}) takes every host to deploy "
+                             f"({len(todo)}): no old server would be left to compare with")
+        sizes = [first, *batch_sizes(batches, len(todo) - first)]
+    else:
+        sizes = batch_sizes(batches, len(todo)) if todo else []
     limit = max(sizes, default=1) if max_unavailable is None else _size(max_unavailable,
                                                                          len(fleet))
     planned, start = [], 0
@@ -157,4 +182,33 @@ def make_plan(*, name: str, version: str, fleet: Sequence[str], targets: Sequenc
         servers=dict(servers), batches=tuple(planned), skipped=skipped, max_unavailable=limit,
         on_failure=on_failure, playbook=playbook, rollback_playbook=rollback_playbook,
         drain_timeout=drain_timeout, pause_between_batches=pause_between_batches,
+        strategy=strategy, interval=interval,
+        traffic=_traffic_steps(strategy, len(planned), canary_steps, tuple(gates), soak),
     )
+
+
+def _traffic_steps(strategy: str, batches: int, canary_steps: Sequence[Any],
+                   gates: tuple[str, ...], soak: float) -> tuple[TrafficStep, ...]:
+    """The strategy's traffic steps, numbered by their place in the plan (batches count).
+    Canary: the spec's steps after batch 1, then every weight restored. Rolling (and a
+    canary's later batches) with gates and a soak: each batch analysed for the soak."""
+    out: list[TrafficStep] = []
+    n = 0
+    for index in range(1, batches + 1):
+        n += 1  # the batch itself
+        if strategy == "canary" and index == 1:
+            for spec_step in canary_steps:
+                n += 1
+                if hasattr(spec_step, "traffic"):
+                    out.append(SetWeight(n, 1, float(spec_step.traffic)))
+                elif hasattr(spec_step, "analysis"):
+                    out.append(Analyse(n, 1, float(spec_step.analysis.duration), "canary",
+                                       gates))
+                else:
+                    out.append(Pause(n, 1, spec_step.pause.duration))
+            n += 1
+            out.append(RestoreWeights(n, 1))
+        elif gates and soak > 0:
+            n += 1
+            out.append(Analyse(n, index, soak, "soak", gates))
+    return tuple(out)

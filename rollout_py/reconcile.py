@@ -116,6 +116,8 @@ def journal_batches(events: Iterable[ev.Event], plan: Plan) -> dict[int, _Batch]
             b.succeeded = True
         elif isinstance(e, ev.BatchFailed):
             b.failure, b.cause = e.failure, e.cause
+            # After its success: a gate (canary analysis, the watch) or an abort failed it.
+            b.succeeded = False
         elif isinstance(e, ev.RollbackStarted):
             b.rollback_started, b.rollback_upgrade_done = True, False
             b.rollback_finished, b.cause = False, b.cause or e.cause
@@ -192,6 +194,15 @@ def reconcile(events: Sequence[ev.Event], plan: Plan, *, exposed: frozenset[str]
     else:
         undo(last, f"batch {last.index} was caught mid-way: rolling it back, then running it "
              "again")
+
+    for b in started:  # earlier batches a failed gate named, being or to be rolled back
+        if b is last or b.rollback_finished or (ends and plan.on_failure == "rollback_all"):
+            continue  # (rollback_all undoes every earlier batch below)
+        if b.rollback_started:
+            undo(b, f"batch {b.index} was being rolled back: finishing its rollback")
+        elif b.failure is not None and b.enabled:
+            undo(b, f"batch {b.index} failed after it was back in rotation ({b.cause}): "
+                 "rolling it back", after_success=True)
 
     if ends:
         if plan.on_failure == "rollback_all" and failure is not None:

@@ -8,22 +8,54 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 from rollout_py import events as ev
-from rollout_py.planner import Plan
+from rollout_py.errors import InputError
+from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.result import DeployResult
+from rollout_py.steps import SetWeight, step_line
+from rollout_py.weights import shape
 
 
-def plan_lines(plan: Plan) -> list[str]:
+def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = None
+               ) -> list[str]:
+    """``rollout plan``: every step in order; with ``weights`` (each LB's current weights of
+    the servers in rotation) traffic shares are shown as the weights each LB will get."""
     lines = [f"plan {plan.name}: version {plan.version}, {len(plan.hosts)} of {len(plan.fleet)} "
-             f"hosts in {len(plan.batches)} batches; max_unavailable {plan.max_unavailable}"]
+             f"hosts in {len(plan.batches)} batches ({plan.strategy}); max_unavailable "
+             f"{plan.max_unavailable}"]
     for host, why in plan.skipped.items():
         lines.append(f"  skip {host}: {why}")
-    for batch in plan.batches:
-        lines.append(f"batch {batch.index}: {', '.join(batch.hosts)}")
-        lines += [f"  - {step}" for step in plan.batch_steps(batch)]
+    for step in plan.steps:
+        if isinstance(step, PlannedBatch):
+            lines.append(f"batch {step.index}: {', '.join(step.hosts)}")
+            lines += [f"  - {line}" for line in plan.batch_steps(step)]
+            continue
+        lines.append(step_line(step, plan.interval))
+        if isinstance(step, SetWeight):
+            lines += _shaped_lines(plan, step, weights)
     lines.append(plan.rollback_description())
+    if plan.traffic:
+        lines.append("a failed analysis, `rollout abort` or an interrupt restores every "
+                     "recorded weight; a failed gate rolls the judged batch back")
     if not plan.batches:
         lines.append("nothing to do")
     return lines
+
+
+def _shaped_lines(plan: Plan, step: SetWeight,
+                  weights: Mapping[str, Mapping[str, int]] | None) -> list[str]:
+    if weights is None:
+        return ["  - weights computed from each LB's weights at deploy time (LBs not read)"]
+    servers = plan.batches[step.batch - 1].servers
+    out = []
+    for url, per in sorted(weights.items()):
+        try:
+            shaped = shape(per, servers, step.share)
+        except InputError as exc:
+            out.append(f"  - {url}: cannot shape: {exc}")
+            continue
+        out.append(f"  - {url}: " + " ".join(f"{s}={w}" for s, w in shaped.weights.items())
+                   + f" (canary share {shaped.achieved * 100:.1f}%)")
+    return out
 
 
 def _console_line(e: ev.Event) -> str | None:
@@ -81,9 +113,49 @@ def _console_line(e: ev.Event) -> str | None:
         case ev.DeployResumed():
             where = f"batch {e.batch}" if e.batch is not None else "the deploy"
             return f"resumed {e.deploy_id} ({where}): {e.action}: {e.detail}"
+        case ev.WeightsRecorded():
+            return "weights recorded (restored exactly afterwards): " + _weights(e.weights)
+        case ev.WeightsSet():
+            got = ", ".join(f"{url} {v * 100:.1f}%" for url, v in sorted(e.achieved.items()))
+            return (f"{b} step {e.step}: traffic {e.share * 100:g}% (achieved {got}): "
+                    + _weights(e.weights))
+        case ev.WeightsRestored():
+            bad = f"; REFUSED: {e.failed}" if e.failed else ""
+            return "weights restored: " + _weights(e.weights) + bad
+        case ev.AnalysisWindow():
+            return window_line(e)
+        case ev.AnalysisFinished():
+            return f"{b} step {e.step} analysis ({e.purpose}): {e.verdict.upper()}: {e.cause}"
+        case ev.PauseStarted():
+            until = f"{e.duration:g} s" if e.duration is not None else "`rollout promote`"
+            return f"step {e.step}: paused by {e.by} until {until} (nothing out of rotation)"
+        case ev.PauseEnded():
+            return f"step {e.step}: pause ended ({e.how})"
+        case ev.ControlReceived():
+            return f"{e.action} from {e.by}: {e.effect}"
+        case ev.MetricsUnavailable():
+            return (f"WARNING: {e.gate}: metrics unavailable, passed under "
+                    f"--ignore-metrics-unavailable: {e.detail}")
         case ev.DeployFinished():
             return None
     return None
+
+
+def _weights(weights: Mapping[str, Mapping[str, int]]) -> str:
+    return "; ".join(f"{url}: " + " ".join(f"{s}={w}" for s, w in sorted(per.items()))
+                     for url, per in sorted(weights.items()))
+
+
+def window_line(e: ev.AnalysisWindow) -> str:
+    """One analysis window: verdict, each group's numbers, each gate's value and threshold."""
+    groups = " | ".join(
+        f"{name} {g.get('errors', 0)}/{g.get('requests', 0)} errors"
+        for name, g in e.groups.items())
+    gates = "; ".join(f"{g['gate']} {g['verdict']}: {g.get('detail') or ''}".rstrip(": ")
+                      for g in e.gates)
+    what = f"step {e.step}" if e.step else "watch"
+    return (f"[batch {e.batch}] {what} window {e.window} ({', '.join(e.canary)}): "
+            f"{e.verdict.upper()} {e.reason} [{groups}] {gates}".rstrip())
 
 
 def console_sink(out: IO[str], verbose: bool = False,

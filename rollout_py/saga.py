@@ -13,18 +13,26 @@ from typing import Any
 from rollout_py import events as ev
 from rollout_py.balancer.fleet import Balancer, Recorded, Snapshot, not_up
 from rollout_py.balancer.runtime import ServerState, admin_state
+from rollout_py.controls import Control
 from rollout_py.executor import Executor
 from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.probes import Check, Prober
 from rollout_py.spec import HealthSpec
+from rollout_py.spec_canary import AnalysisSpec
 
 Sink = Callable[[ev.Event], None]
+# url, query, timeout -> the number the query answers, or why there is none
+PromQuery = Callable[[str, str, float], "float | str"]
 # host, version -> (checks before enable, checks after enable)
 ChecksFor = Callable[[str, str], tuple[list[Check], list[Check]]]
 
 
 class LBLost(Exception):
     """An LB stopped answering: nothing more can be done safely; the deploy stops, resumable."""
+
+
+class Stopped(Exception):
+    """An interrupt ended a traffic step: weights are restored, the deploy stops, resumable."""
 
 
 class BatchFailure(Exception):
@@ -52,6 +60,12 @@ class Settings:
     switch_tags: str | None = None
     guard_interval: float = 0.1
     poll: float = 0.1
+    # Canary and gates (spec.analysis); a PromQL reader; operator controls since last asked.
+    analysis: AnalysisSpec | None = None
+    prometheus: PromQuery | None = None
+    ignore_metrics: bool = False
+    controls: Callable[[], Sequence[Control]] | None = None
+    watch: bool = True  # continuous health over batches back in rotation
 
 
 @dataclass
@@ -140,6 +154,16 @@ class SagaBase:
     _last_failure: ev.Failure | None
     _undid: bool  # a rollback ran in this run: the outcome is no mere stop
     _foreign: dict[str, str]  # "lb server" -> what someone else set
+    _stop_after_batch: threading.Event
+    # Traffic steps (rollout_py.traffic): weights journaled before the first set weight,
+    # whether some are still changed, and what operators and the watch asked for.
+    _weights_recorded: dict[str, dict[str, int]] | None
+    _weights_dirty: bool
+    _skip_canary: bool
+    _pause_requested: str | None
+    _aborted_by: str | None
+    _control_by: str
+    _watch_failure: tuple[tuple[str, ...], str] | None
 
     def emit(self, cls: type[ev.Event], **fields: Any) -> ev.Event:
         raise NotImplementedError
@@ -149,6 +173,9 @@ class SagaBase:
 
     def _rollback(self, applied: Applied, cause: str) -> list[str]:
         raise NotImplementedError
+
+    def _end_watch(self) -> None:
+        """Ends the continuous watch (before any rollback: hosts going back are no signal)."""
 
     def _extravars(self, version: str, batch: int, **more: Any) -> dict[str, Any]:
         return {**self.settings.extravars, "rollout_version": version,

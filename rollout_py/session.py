@@ -28,6 +28,7 @@ from rollout_py.balancer.fleet import Balancer, HAProxyFleet
 from rollout_py.balancer.lease import FleetLease, acquire_fleet_lease
 from rollout_py.balancer.runtime import RuntimeAPI
 from rollout_py.balancer.transports import SshOptions, open_transport
+from rollout_py.controls import Control
 from rollout_py.errors import BalancerError, InputError, PreflightError
 from rollout_py.executor import AnsibleExecutor, Executor
 from rollout_py.lock import FleetLock, fleet_key
@@ -160,6 +161,13 @@ class FleetSession:
         if self._balancer is None:
             self._balancer = self._given_balancer or open_balancer(self.spec)
         return self._balancer
+
+    def controls(self, deploy_id: str) -> Callable[[], Sequence[Control]]:
+        """The operator controls sent to this deploy (``rollout promote``...), each once;
+        call after ``lock`` (controls from before it are stale and set aside)."""
+        from rollout_py.controls import Inbox
+
+        return Inbox(self.state.root, deploy_id).poll
 
     def executor(self, *, runs: Path, control_dir: str | None) -> Executor:
         """The executor for this command's runs (ansible-runner unless one was given)."""

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from rollout_py.errors import SpecError
+from rollout_py.spec_canary import AnalysisSpec, CanarySpec
 from rollout_py.specload import Loaded, load_yaml, read_spec_text, split_leading_path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -245,6 +246,9 @@ class Spec(_Model):
     stage: StageSpec | None = None
     haproxy: HAProxySpec
     health: HealthSpec = HealthSpec()
+    strategy: Literal["rolling", "canary"] = "rolling"
+    canary: CanarySpec | None = None
+    analysis: AnalysisSpec | None = None
     # Where the spec came from (set by load_spec; not a YAML key).
     source: str = Field("<memory>", exclude=True)
     base_dir: str = Field(".", exclude=True)
@@ -271,6 +275,18 @@ class Spec(_Model):
         if not self.health.probes:
             raise ValueError("health.probes: at least one probe is needed: without one a broken "
                              "release would be put back in rotation")
+        return self
+
+    @model_validator(mode="after")
+    def _strategy(self) -> Spec:
+        if self.strategy == "canary" and self.canary is None:
+            raise ValueError("canary: required by strategy: canary (the canary hosts and steps)")
+        if self.strategy != "canary" and self.canary is not None:
+            raise ValueError("strategy: the canary section needs strategy: canary")
+        steps = self.canary.steps if self.canary else []
+        if self.analysis is None and any(hasattr(s, "analysis") for s in steps):
+            raise ValueError("analysis: the canary's analysis steps need an analysis section "
+                             "(interval, min_requests, gates)")
         return self
 
     def state_path(self) -> Path:

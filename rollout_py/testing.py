@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollout_py.balancer.fleet import Recorded, Snapshot
-from rollout_py.balancer.runtime import AdminState, ServerState, SetState, admin_state
+from rollout_py.balancer.runtime import AdminState, ServerState, SetState, StatRow, admin_state
 from rollout_py.errors import BalancerError
 from rollout_py.executor import Cancel, RunResult
 from rollout_py.probes import Check, Prober
@@ -51,6 +51,11 @@ class FakeFleet:
     balancer_fails_on: str | None = None  # e.g. "maint": that command raises BalancerError
     hooks: dict[str, Callable[[], None]] = field(default_factory=dict)  # log line -> once
     require_stage: bool = False
+    # Traffic for the analysis: requests each LB serves per ``stats`` read, spread over the
+    # servers in rotation by weight; a version's share of 5xx and its response time.
+    requests_per_read: int = 0
+    error_rates: dict[str, float] = field(default_factory=dict)  # version -> share of 5xx
+    latency_ms: dict[str, int] = field(default_factory=dict)  # version -> rtime
     log: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
 
@@ -59,6 +64,31 @@ class FakeFleet:
         self.servers: dict[str, dict[str, FakeServer]] = {
             lb: {h: FakeServer() for h in self.hosts} for lb in self.lbs}
         self.staged: dict[str, set[str]] = {h: set() for h in self.hosts}
+        # LB -> server -> cumulative (requests, 5xx, error credit); reset_counters() = reload
+        self.counters: dict[str, dict[str, list[float]]] = {
+            lb: {h: [0, 0, 0.0] for h in self.hosts} for lb in self.lbs}
+
+    def reset_counters(self) -> None:
+        """What an HAProxy reload does to the per-server counters."""
+        for per in self.counters.values():
+            for c in per.values():
+                c[:] = [0, 0, 0.0]
+
+    def serve(self) -> None:
+        """One round of traffic on every LB: ``requests_per_read`` by weight, deterministic
+        5xx from each version's error rate."""
+        for lb, per in self.servers.items():
+            live = {s: srv.weight for s, srv in per.items()
+                    if srv.admin == "READY" and self.healthy(s) and srv.weight > 0}
+            total = sum(live.values())
+            for s, w in live.items():
+                n = self.requests_per_read * w // total if total else 0
+                c = self.counters[lb][s]
+                c[2] += n * self.error_rates.get(self.versions[s] or "", 0.0)
+                errors = int(c[2])
+                c[2] -= errors
+                c[0] += n
+                c[1] += errors
 
     def check_out_of_rotation(self, step: str, hosts: Sequence[str]) -> None:
         """Records a violation for each host not in MAINT on every LB (server name = host)."""
@@ -213,6 +243,31 @@ class FakeBalancer:
         for s in servers:
             self.fleet.sticky_sessions.pop(s, None)
         self.fleet.record(f"shutdown sessions {','.join(servers)}")
+
+    def set_weights(self, weights: Mapping[str, Mapping[str, int]]) -> dict[str, str]:
+        self._maybe_fail("weight")
+        for lb, per in weights.items():
+            for s, w in per.items():
+                self.fleet.servers[lb][s].weight = w
+        self.fleet.record("weight " + " ".join(
+            f"{s}={w}" for s, w in sorted(next(iter(weights.values()), {}).items())))
+        return {}
+
+    def stats(self, servers: Sequence[str]) -> dict[str, dict[str, StatRow]]:
+        """Serves a round of traffic (``FakeFleet.serve``), then reads the counters."""
+        self.fleet.serve()
+        out: dict[str, dict[str, StatRow]] = {}
+        for lb, per in self.fleet.counters.items():
+            out[lb] = {}
+            for s in servers:
+                req, err, _ = per[s]
+                srv = self.fleet.servers[lb][s]
+                rtime = self.fleet.latency_ms.get(self.fleet.versions[s] or "", 1)
+                out[lb][s] = StatRow(proxy="app", name=s, scur=0, status="UP",
+                                     weight=srv.weight, check_status="L7OK",
+                                     hrsp_2xx=int(req - err), hrsp_5xx=int(err),
+                                     rtime=rtime if req else 0, ttime=rtime if req else 0)
+        return out
 
     def restore(self, snapshot: Snapshot, servers: Sequence[str]) -> None:
         self._maybe_fail("restore")

@@ -29,6 +29,7 @@ class UndoSteps(SagaBase):
         """Undoes what the batch applied, newest first. Returns hosts left out of rotation."""
         batch = applied.batch
         host_of = dict(zip(batch.servers, batch.hosts, strict=True))
+        self._end_watch()
         self.emit(ev.RollbackStarted, batch=batch.index, hosts=batch.hosts, cause=cause)
         self._undid = True
         # Servers someone else changed meanwhile are left as found and reported, not fought.

@@ -1,0 +1,199 @@
+"""The traffic steps of a plan (set weight, analyse, pause, restore weights) and the operator
+controls that act on them; mixed into the Engine.
+
+Weights: before the first ``set weight`` every fleet server's weight on every LB is journaled
+(``WeightsRecorded``); whatever ends the steps (promotion, a failed gate, ``rollout abort``,
+an interrupt, a resume after a crash) restores exactly those weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+from rollout_py import events as ev
+from rollout_py.analysis.counters import sample, window_deltas
+from rollout_py.analysis.judge import judge_window
+from rollout_py.analysis.run import AnalysisRun
+from rollout_py.balancer.fleet import wait_until
+from rollout_py.controls import Control
+from rollout_py.errors import InputError
+from rollout_py.saga import BatchFailure, SagaBase, Stopped
+from rollout_py.steps import Analyse, Pause, RestoreWeights, SetWeight, TrafficStep
+from rollout_py.weights import shape
+
+
+class TrafficSteps(SagaBase):
+    """Executes traffic steps; a failure raises BatchFailure naming the judged batch."""
+
+    def _traffic(self, step: TrafficStep) -> None:
+        if isinstance(step, SetWeight):
+            if not self._skip_canary:
+                self._set_weight(step)
+        elif isinstance(step, Analyse):
+            if not (self._skip_canary and step.purpose == "canary"):
+                self._analyse(step)
+        elif isinstance(step, Pause):
+            if not self._skip_canary:
+                self._hold(step.step, step.duration, "plan")
+        elif isinstance(step, RestoreWeights):
+            self._restore_weights(step.step)
+            self._skip_canary = False
+        if self._pause_requested is not None and not isinstance(step, RestoreWeights):
+            who, self._pause_requested = self._pause_requested, None
+            self._hold(step.step, None, who)
+
+    # --- weights -------------------------------------------------------------------------
+    def _set_weight(self, step: SetWeight) -> None:
+        batch = self.plan.batches[step.batch - 1]
+        states = self.balancer.states()
+        if self._weights_recorded is None:
+            recorded = {url: {s: st.weight for s, st in per.items()
+                              if s in self.plan.servers.values()}
+                        for url, per in states.items()}
+            self.emit(ev.WeightsRecorded, weights=recorded)
+            self._weights_recorded = recorded
+        weights: dict[str, dict[str, int]] = {}
+        achieved: dict[str, float] = {}
+        for url, per in states.items():
+            base = self._weights_recorded.get(url, {})
+            in_rotation = {s: base.get(s, st.weight) for s, st in per.items()
+                           if s in base and st.in_rotation}
+            try:
+                shaped = shape(in_rotation, batch.servers, step.share)
+            except InputError as exc:
+                raise BatchFailure("capacity", f"step {step.step}: {url}: {exc}",
+                                   batch.hosts) from None
+            weights[url], achieved[url] = shaped.weights, shaped.achieved
+        self._weights_dirty = True
+        failed = self.balancer.set_weights(weights)
+        self.emit(ev.WeightsSet, step=step.step, share=step.share, achieved=achieved,
+                  weights=weights)
+        if failed:
+            raise BatchFailure("balancer", f"step {step.step}: set weight refused: "
+                               + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())),
+                               batch.hosts)
+
+    def _restore_weights(self, step: int = 0) -> None:
+        """Every recorded weight back (those already right too: one command each is cheap
+        and leaves no doubt); refusals are journaled and said, never silent. ``step``: the
+        plan's restore step (its end marks the canary steps done), 0 otherwise."""
+        if step == 0 and (self._weights_recorded is None or not self._weights_dirty):
+            return
+        weights = self._weights_recorded or {}
+        failed = self.balancer.set_weights(weights) if weights else {}
+        self.emit(ev.WeightsRestored, weights=weights, failed=failed, step=step)
+        self._weights_dirty = bool(failed)
+
+    # --- analysis ------------------------------------------------------------------------
+    def _baseline(self, judged: Sequence[str]) -> tuple[str, ...]:
+        """The servers still on the old version: neither upgraded in this deploy nor skipped
+        for being on the new one already."""
+        new = {self.plan.servers[h] for h in self._upgraded_hosts()} | set(judged)
+        new |= {self.plan.servers[h] for h in self.plan.skipped}
+        return tuple(s for h, s in self.plan.servers.items() if s not in new)
+
+    def _analyse(self, step: Analyse) -> None:
+        spec = self.settings.analysis
+        assert spec is not None, "a plan with an analysis step needs settings.analysis"
+        batch = self.plan.batches[step.batch - 1]
+        canary, baseline = batch.servers, self._baseline(batch.servers)
+        run = AnalysisRun(spec, max(1, math.ceil(step.duration / spec.interval)))
+        prev = sample(self.balancer.stats([*canary, *baseline]))
+        window = 0
+        while True:
+            t_end = time.monotonic() + spec.interval
+            effect = self._wait_controls(t_end, step.step)
+            if effect in ("promote", "promote_all"):
+                self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
+                          purpose=step.purpose, verdict="promoted",
+                          cause=f"promoted by {self._control_by}")
+                return
+            cur = sample(self.balancer.stats([*canary, *baseline]))
+            deltas = window_deltas(prev, cur, [*canary, *baseline])
+            prev = cur
+            window += 1
+            verdict = judge_window(deltas, canary, baseline, spec,
+                                   prometheus=self.settings.prometheus,
+                                   ignore_metrics_unavailable=self.settings.ignore_metrics)
+            self.emit(ev.AnalysisWindow, batch=step.batch, step=step.step, purpose=step.purpose,
+                      window=window, canary=tuple(canary), baseline=baseline,
+                      **verdict.event_fields())
+            for gate, detail in verdict.ignored_metrics():
+                self.emit(ev.MetricsUnavailable, gate=gate, detail=detail)
+            status = run.add(verdict)
+            if status == "passed":
+                self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
+                          purpose=step.purpose, verdict="pass", cause=run.cause)
+                return
+            if status == "failed":
+                cause = f"step {step.step} analysis of batch {step.batch}: {run.cause}"
+                self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
+                          purpose=step.purpose, verdict="fail", cause=cause,
+                          hosts=batch.hosts)
+                raise BatchFailure("analysis", cause, batch.hosts)
+
+    # --- pauses and operator controls ----------------------------------------------------
+    def _hold(self, step: int, duration: float | None, by: str) -> None:
+        """A pause: every server stays as it is; ends when elapsed, promoted or continued."""
+        self.emit(ev.PauseStarted, step=step, duration=duration, by=by)
+        end = time.monotonic() + duration if duration is not None else math.inf
+        while True:
+            effect = self._wait_controls(end, step)
+            if effect is None and time.monotonic() >= end:
+                self.emit(ev.PauseEnded, step=step, how="elapsed")
+                return
+            if effect in ("promote", "promote_all", "continue"):
+                how = "continued" if effect == "continue" else "promoted"
+                self.emit(ev.PauseEnded, step=step, how=how)
+                return
+
+    def _wait_controls(self, until: float, step: int) -> str | None:
+        """Waits until ``until`` (monotonic) or an operator's control, whichever comes
+        first; abort, an interrupt or a failed watch raise. Returns the control's effect."""
+        effect: list[str] = []
+
+        def arrived() -> bool:
+            self._check_running()
+            for control in self.settings.controls() if self.settings.controls else ():
+                effect.append(self._apply_control(control, step))
+            return bool([e for e in effect if e != "pause"])
+
+        wait_until(arrived, max(0.0, until - time.monotonic()), self.settings.poll)
+        self._check_running()
+        return next((e for e in effect if e != "pause"), None)
+
+    def _apply_control(self, control: Control, step: int) -> str:
+        action, by = control.action, control.by
+        self._control_by = by
+        effects = {
+            "promote": "ends the current pause or analysis step now",
+            "promote_all": "skips every remaining canary step: the rest of the fleet rolls",
+            "abort": "rolls the canary back now",
+            "pause": "holds after the current step (nothing out of rotation)",
+            "continue": "ends the pause",
+        }
+        self.emit(ev.ControlReceived, action=action, by=by, sent_at=control.sent_at,
+                  control_id=control.id,
+                  effect=f"step {step}: {effects[action]}")
+        if action == "abort":
+            self._aborted_by = by
+        elif action == "pause":
+            self._pause_requested = by
+        elif action == "promote_all":
+            self._skip_canary = True
+        return action
+
+    def _check_running(self) -> None:
+        """Raises what ends a traffic step from outside: abort, a failed watch, an interrupt."""
+        if self._aborted_by is not None:
+            raise BatchFailure("aborted", f"aborted by {self._aborted_by}")
+        if self._watch_failure is not None:
+            hosts, cause = self._watch_failure
+            raise BatchFailure("analysis", cause, hosts)
+        if self._stop_after_batch.is_set():
+            raise Stopped("interrupted during a traffic step")
+
+    def _upgraded_hosts(self) -> list[str]:
+        raise NotImplementedError
