@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
@@ -28,6 +29,28 @@ def schema(name: str) -> dict[str, Any]:
 
 def _state(spec: Spec, state_dir: str | Path | None) -> StateDir:
     return StateDir(Path(state_dir) if state_dir else spec.state_path())
+
+
+def analysis_of(events: Sequence[ev.Event], last: int = 12) -> dict[str, Any]:
+    """What a deploy's gates saw: its last windows (raw numbers and verdicts), each analysis'
+    end, the pause it is in (if any) and the operators' controls, with who sent them."""
+    windows = [e for e in events if isinstance(e, ev.AnalysisWindow)]
+    pauses = [e for e in events if isinstance(e, ev.PauseStarted | ev.PauseEnded)]
+    paused = pauses[-1] if pauses and isinstance(pauses[-1], ev.PauseStarted) else None
+    return {
+        "windows": [{"batch": w.batch, "step": w.step, "purpose": w.purpose,
+                     "window": w.window, "servers": list(w.canary), "verdict": w.verdict,
+                     "reason": w.reason, "groups": w.groups, "gates": list(w.gates)}
+                    for w in windows[-last:]],
+        "windows_total": len(windows),
+        "analyses": [{"batch": e.batch, "step": e.step, "purpose": e.purpose,
+                      "verdict": e.verdict, "cause": e.cause, "hosts": list(e.hosts)}
+                     for e in events if isinstance(e, ev.AnalysisFinished)],
+        "paused": {"step": paused.step, "by": paused.by, "since": paused.ts,
+                   "duration": paused.duration} if paused else None,
+        "controls": [{"action": e.action, "by": e.by, "at": e.ts, "effect": e.effect}
+                     for e in events if isinstance(e, ev.ControlReceived)],
+    }
 
 
 def summarize(record: DeployRecord, *, running: bool = False) -> dict[str, Any]:
@@ -59,6 +82,7 @@ def summarize(record: DeployRecord, *, running: bool = False) -> dict[str, Any]:
                     for b in (result.batches if result else ())],
         "resumable": (bool(events) and finished is None and not running)
                      or bool(result and finished and result.resumable),
+        **analysis_of(events),
     }
 
 

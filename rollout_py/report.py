@@ -117,7 +117,7 @@ def _console_line(e: ev.Event) -> str | None:
             return "weights recorded (restored exactly afterwards): " + _weights(e.weights)
         case ev.WeightsSet():
             got = ", ".join(f"{url} {v * 100:.1f}%" for url, v in sorted(e.achieved.items()))
-            return (f"{b} step {e.step}: traffic {e.share * 100:g}% (achieved {got}): "
+            return (f"step {e.step}: traffic {e.share * 100:g}% (achieved {got}): "
                     + _weights(e.weights))
         case ev.WeightsRestored():
             bad = f"; REFUSED: {e.failed}" if e.failed else ""
@@ -153,9 +153,12 @@ def window_line(e: ev.AnalysisWindow) -> str:
         for name, g in e.groups.items())
     gates = "; ".join(f"{g['gate']} {g['verdict']}: {g.get('detail') or ''}".rstrip(": ")
                       for g in e.gates)
+    # The reason repeats the failed gates; said alone when no gate was judged (no data).
+    why = e.reason if not e.gates or e.verdict in ("inconclusive", "reset") else ""
     what = f"step {e.step}" if e.step else "watch"
-    return (f"[batch {e.batch}] {what} window {e.window} ({', '.join(e.canary)}): "
-            f"{e.verdict.upper()} {e.reason} [{groups}] {gates}".rstrip())
+    return " ".join(p for p in (
+        f"[batch {e.batch}] {what} window {e.window} ({', '.join(e.canary)}):",
+        e.verdict.upper(), why, f"[{groups}]", gates) if p)
 
 
 def console_sink(out: IO[str], verbose: bool = False,
@@ -196,6 +199,7 @@ def status_lines(info: dict[str, Any]) -> list[str]:
             lines.append(f"  resumable: rollout resume {d['deploy_id']}")
         if d["stranded"]:
             lines.append(f"  left out of rotation: {', '.join(d['stranded'])}")
+        lines += _analysis_lines(d)
     for url, servers in info["servers"].items():
         lines.append(f"{url}:")
         for name, s in servers.items():
@@ -204,6 +208,33 @@ def status_lines(info: dict[str, Any]) -> list[str]:
         lines.append(f"{url}: ERROR {error}")
     for f in info["flagged"]:
         lines.append(f"FLAGGED {f['server']} on {f['lb']}: {f['problem']}")
+    return lines
+
+
+def _analysis_lines(d: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if d.get("paused"):
+        p = d["paused"]
+        until = f"{p['duration']:g} s" if p["duration"] is not None else "`rollout promote`"
+        lines.append(f"  PAUSED at step {p['step']} by {p['by']} since {_when(p['since'])} "
+                     f"until {until}")
+    for c in d.get("controls", []):
+        lines.append(f"  {c['action']} from {c['by']} at {_when(c['at'])}: {c['effect']}")
+    for a in d.get("analyses", []):
+        lines.append(f"  analysis step {a['step']} ({a['purpose']}, batch {a['batch']}): "
+                     f"{a['verdict']}: {a['cause']}")
+    if d.get("windows"):
+        shown = len(d["windows"])
+        lines.append(f"  last {shown} of {d['windows_total']} analysis windows:")
+        for w in d["windows"]:
+            groups = " | ".join(f"{n} {g.get('errors', 0)}/{g.get('requests', 0)}"
+                                for n, g in w["groups"].items())
+            failed = [g["gate"] for g in w["gates"] if g["verdict"] == "fail"]
+            what = f"step {w['step']}" if w["step"] else "watch"
+            lines.append(f"    {what} w{w['window']} {','.join(w['servers'])}: "
+                         f"{w['verdict']} [{groups}]"
+                         + (f" failed: {', '.join(failed)}" if failed else
+                            f" {w['reason']}" if w["verdict"] != "pass" else ""))
     return lines
 
 

@@ -335,3 +335,21 @@ def _last_resume_before(journal: Sequence[ev.Event], seq: int) -> int:
                           and e.seq < resumed[-1].seq for e in journal):
         return 0
     return resumed[-1].seq
+
+
+def test_status_shows_each_window_its_numbers_and_the_failed_gates() -> None:
+    from rollout_py.operations import analysis_of
+    from rollout_py.report import _analysis_lines
+
+    fleet = new_fleet(error_rates={"2.0": 0.05})
+    engine = make_engine(fleet)
+    engine.run()
+    info = analysis_of(engine.events)
+    assert info["windows_total"] == 1 and info["windows"][0]["verdict"] == "fail"
+    assert [a["verdict"] for a in info["analyses"]] == ["fail"]
+    lines = _analysis_lines(info)
+    window = info["windows"][0]
+    canary = window["groups"]["canary"]
+    assert any(f"canary {canary['errors']}/{canary['requests']}" in line
+               and "failed: error_rate.max, error_rate.max_over_baseline" in line
+               for line in lines), lines
