@@ -100,6 +100,7 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         self._control_by = ""
         self._watch_failure: tuple[tuple[str, ...], str] | None = None
         self._done_hosts: list[str] = []
+        self._completed = False  # the loop ran every step of the plan
         self._traffic_from: int | None = None  # resume: replay a batch's traffic steps
         self._watch: HealthWatch | None = None
 
@@ -246,6 +247,8 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
                         break
                 elif not self._traffic_step(step, done, state):
                     break
+            else:
+                self._completed = True  # every step ran (a soak analysis too)
         except Exception:
             self._restore_weights_if_changed()
             raise
@@ -356,11 +359,11 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
             status = "failed"
         elif state.failed and not interrupted:
             status = "rolled_back" if self._undid else "stopped"
-        elif interrupted and (state.failed or len(done) < len(self.plan.batches)):
+        elif interrupted and (state.failed or not self._completed):
             status = "cancelled"
         elif state.failed:
             status = "rolled_back" if self._undid else "stopped"
-        elif len(done) < len(self.plan.batches):
+        elif not self._completed:
             status = "stopped"  # resumed with continue=False
         else:
             status = "succeeded"

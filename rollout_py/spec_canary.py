@@ -222,3 +222,20 @@ class AnalysisSpec(_Model):
     @classmethod
     def _gates(cls, v: Any) -> Any:
         return _dispatch(v, _GATE_KEYS, "gate")
+
+
+def absolute_only(spec: AnalysisSpec) -> AnalysisSpec:
+    """The spec without the comparisons with the old servers: for a window with none left
+    (a rolling deploy's last batch). A gate left with no threshold is dropped; with none left,
+    a window is judged on ``min_requests`` alone (the probes still run)."""
+    gates: list[Gate] = []
+    for gate in spec.gates:
+        if isinstance(gate, ErrorRate) and gate.error_rate.max is not None:
+            gates.append(ErrorRate(error_rate=gate.error_rate.model_copy(
+                update={"max_over_baseline": None})))
+        elif isinstance(gate, Latency) and gate.latency.max_ms is not None:
+            gates.append(Latency(latency=gate.latency.model_copy(
+                update={"max_ratio_to_baseline": None})))
+        elif isinstance(gate, Prometheus):
+            gates.append(gate)
+    return spec.model_copy(update={"gates": gates})

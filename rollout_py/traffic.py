@@ -20,6 +20,7 @@ from rollout_py.balancer.fleet import wait_until
 from rollout_py.controls import Control
 from rollout_py.errors import InputError
 from rollout_py.saga import BatchFailure, SagaBase, Stopped
+from rollout_py.spec_canary import absolute_only
 from rollout_py.steps import Analyse, Pause, RestoreWeights, SetWeight, TrafficStep
 from rollout_py.weights import shape
 
@@ -99,6 +100,8 @@ class TrafficSteps(SagaBase):
         assert spec is not None, "a plan with an analysis step needs settings.analysis"
         batch = self.plan.batches[step.batch - 1]
         canary, baseline = batch.servers, self._baseline(batch.servers)
+        if not baseline:  # no old server left (a last batch): nothing to compare with
+            spec = absolute_only(spec)
         run = AnalysisRun(spec, max(1, math.ceil(step.duration / spec.interval)))
         prev = sample(self.balancer.stats([*canary, *baseline]))
         window = 0

@@ -353,3 +353,35 @@ def test_status_shows_each_window_its_numbers_and_the_failed_gates() -> None:
     assert any(f"canary {canary['errors']}/{canary['requests']}" in line
                and "failed: error_rate.max, error_rate.max_over_baseline" in line
                for line in lines), lines
+
+
+@pytest.mark.parametrize("rates, status, batches_started", [
+    ({}, "succeeded", 3),  # the last batch has no old server left: judged on its own numbers
+    ({"2.0": 0.05}, "rolled_back", 1),  # stopped at its first batch
+])
+def test_rolling_with_a_soak_and_gates_judges_every_batch(rates: dict[str, float], status: str,
+                                                          batches_started: int) -> None:
+    fleet = new_fleet(error_rates=rates)
+    spec = analysis_spec()
+    plan = make_plan(
+        name="t", version="2.0", fleet=HOSTS, targets=HOSTS, servers={h: h for h in HOSTS},
+        batches=[1, 2], max_unavailable=2, current_versions={}, force=False, backend="app",
+        sockets=list(fleet.lbs), on_failure="rollback_batch", playbook="p.yml",
+        rollback_playbook=None, drain_timeout=0.05, pause_between_batches=0,
+        gates=[describe_gate(g) for g in spec.gates], soak=0.004, interval=spec.interval)
+    assert [type(s).__name__ for s in plan.steps] == ["PlannedBatch", "Analyse"] * 3
+    health = HealthSpec(deadline=0.05, interval=0.002, consecutive=2, soak=0.004,
+                        probes=[HttpProbe(http="http://x")])
+    engine = Engine(plan, executor=fleet.executor(), balancer=fleet.balancer(),
+                    prober=fleet.prober(), checks=fleet.checks,
+                    settings=Settings(health=health, drain_timeout=0.05, up_timeout=0.05,
+                                      poll=0.001, known_versions=dict.fromkeys(HOSTS, "1.0"),
+                                      analysis=spec, watch=False))
+    result = engine.run()
+    assert result.status == status, result.cause
+    assert len(of(engine.events, ev.BatchStarted)) == batches_started
+    last = of(engine.events, ev.AnalysisWindow)[-1]
+    if status == "succeeded":
+        assert last.baseline == () and last.verdict == "pass"
+        assert {g["gate"] for g in last.gates} == {"error_rate.max"}
+    check_fleet_whole(fleet, result)
