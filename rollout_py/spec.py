@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from rollout_py.errors import SpecError
-from rollout_py.spec_canary import AnalysisSpec, CanarySpec
+from rollout_py.spec_canary import AnalysisSpec, CanarySpec, dispatch
 from rollout_py.specload import Loaded, load_yaml, read_spec_text, split_leading_path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -127,8 +127,8 @@ class HAProxyProbe(_Model):
 
 
 Probe = HttpProbe | TcpProbe | CommandProbe | HAProxyProbe
-_PROBE_KEYS: dict[str, type[_Model]] = {"http": HttpProbe, "tcp": TcpProbe, "command": CommandProbe,
-               "haproxy": HAProxyProbe}
+_PROBE_KEYS: dict[str, type[BaseModel]] = {
+    "http": HttpProbe, "tcp": TcpProbe, "command": CommandProbe, "haproxy": HAProxyProbe}
 
 
 class HealthSpec(_Model):
@@ -141,27 +141,7 @@ class HealthSpec(_Model):
     @field_validator("probes", mode="before")
     @classmethod
     def _dispatch(cls, value: Any) -> Any:
-        # Pick the probe model by its key so errors speak of that kind of probe only.
-        if not isinstance(value, list):
-            return value
-        out = []
-        for i, item in enumerate(value):
-            if isinstance(item, _Model):
-                out.append(item)
-                continue
-            if not isinstance(item, dict):
-                raise ValueError(f"probe {i}: expected a mapping like {{http: URL}}")
-            kinds = [k for k in _PROBE_KEYS if k in item]
-            if len(kinds) != 1:
-                raise ValueError(f"probe {i}: needs exactly one of "
-                                 f"{', '.join(_PROBE_KEYS)}; got keys {sorted(item)}")
-            try:
-                out.append(_PROBE_KEYS[kinds[0]].model_validate(item))
-            except ValidationError as exc:
-                raise ValueError(f"probe {i} ({kinds[0]}): " + "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
-                    for e in exc.errors())) from None
-        return out
+        return dispatch(value, _PROBE_KEYS, "probe", alone=False, example="{http: URL}")
 
 
 class HAProxySpec(_Model):

@@ -9,7 +9,14 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _SHARE = re.compile(r"^(\d{1,3}(?:\.\d{1,3})?)\s*%$")
 
@@ -73,34 +80,40 @@ class PauseStep(_Model):
 
 
 CanaryStep = TrafficStep | AnalysisStep | PauseStep
-_STEP_KEYS: dict[str, type[_Model]] = {"traffic": TrafficStep, "analysis": AnalysisStep,
+_STEP_KEYS: dict[str, type[BaseModel]] = {"traffic": TrafficStep, "analysis": AnalysisStep,
                                        "pause": PauseStep}
 
 
-def _dispatch(value: Any, keys: dict[str, type[_Model]], what: str) -> Any:
-    """Picks each item's model by its one key, so errors speak of that kind only."""
+def dispatch(value: Any, keys: dict[str, type[BaseModel]], what: str, *, alone: bool,
+             example: str) -> Any:
+    """Picks each list item's model by its one kind key, so errors speak of that kind only:
+    ``probe 2 (http): timeout: ...``. ``alone``: the kind key is the item's only key.
+
+    Example:
+        >>> dispatch([{"pause": {}}], _STEP_KEYS, "step", alone=True, example="{pause: {}}")
+        [PauseStep(pause=PauseFor(duration=None))]
+    """
     if not isinstance(value, list):
         return value
     out = []
     for i, item in enumerate(value):
-        if isinstance(item, _Model):
+        if isinstance(item, BaseModel):
             out.append(item)
             continue
-        kinds = [k for k in keys if isinstance(item, dict) and k in item]
-        if not isinstance(item, dict) or len(kinds) != 1 or len(item) != 1:
-            got = sorted(item) if isinstance(item, dict) else type(item).__name__
-            raise ValueError(f"{what} {i}: needs exactly one of {', '.join(keys)}; got {got}")
-        if item[kinds[0]] is None and kinds[0] == "pause":
-            item = {"pause": {}}
+        if not isinstance(item, dict):
+            raise ValueError(f"{what} {i}: expected a mapping like {example}")
+        kinds = [k for k in keys if k in item]
+        if len(kinds) != 1 or (alone and len(item) != 1):
+            raise ValueError(f"{what} {i}: needs exactly one of {', '.join(keys)}; "
+                             f"got keys {sorted(item)}")
+        if item[kinds[0]] is None:  # `- pause:` with nothing after it
+            item = {kinds[0]: {}}
         try:
             out.append(keys[kinds[0]].model_validate(item))
-        except Exception as exc:  # pydantic's ValidationError, said with the item's index
-            errors = getattr(exc, "errors", None)
-            detail = "; ".join(
+        except ValidationError as exc:
+            raise ValueError(f"{what} {i} ({kinds[0]}): " + "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'value'}: "
-                f"{e['msg'].removeprefix('Value error, ')}" for e in errors()
-            ) if callable(errors) else str(exc)
-            raise ValueError(f"{what} {i} ({kinds[0]}): {detail}") from None
+                f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())) from None
     return out
 
 
@@ -120,7 +133,7 @@ class CanarySpec(_Model):
     @field_validator("steps", mode="before")
     @classmethod
     def _steps(cls, v: Any) -> Any:
-        return _dispatch(v, _STEP_KEYS, "step")
+        return dispatch(v, _STEP_KEYS, "step", alone=True, example="{traffic: 5%}")
 
     @model_validator(mode="after")
     def _traffic_first(self) -> CanarySpec:
@@ -202,7 +215,7 @@ class Prometheus(_Model):
 
 
 Gate = ErrorRate | Latency | Prometheus
-_GATE_KEYS: dict[str, type[_Model]] = {"error_rate": ErrorRate, "latency": Latency,
+_GATE_KEYS: dict[str, type[BaseModel]] = {"error_rate": ErrorRate, "latency": Latency,
                                        "prometheus": Prometheus}
 
 
@@ -221,7 +234,7 @@ class AnalysisSpec(_Model):
     @field_validator("gates", mode="before")
     @classmethod
     def _gates(cls, v: Any) -> Any:
-        return _dispatch(v, _GATE_KEYS, "gate")
+        return dispatch(v, _GATE_KEYS, "gate", alone=True, example="{error_rate: {max: 1%}}")
 
 
 def absolute_only(spec: AnalysisSpec) -> AnalysisSpec:
