@@ -278,7 +278,8 @@ class Spec(_Model):
         return p if p.is_absolute() else Path(self.base_dir) / p
 
 
-_PROBE_ERROR = re.compile(r"probe (\d+)(?: \(\w+\): ([\w.]+):)?")
+_ITEM_ERROR = re.compile(r"(?:probe|step|gate) (\d+)(?: \(\w+\): ([\w.]+):)?")
+_ITEM_LISTS = {("health", "probes"), ("canary", "steps"), ("analysis", "gates")}
 
 
 def _error_line(err: Any, positions: Loaded | None) -> str:
@@ -297,8 +298,8 @@ def _error_line(err: Any, positions: Loaded | None) -> str:
     if positions is None:
         return f"  {text}: {msg}"
     at: Sequence[str | int] = loc
-    m = _PROBE_ERROR.match(msg) if loc == ("health", "probes") else None
-    if m:  # probes are validated one by one; point at the probe (and its key) meant
+    m = _ITEM_ERROR.match(msg) if loc in _ITEM_LISTS else None
+    if m:  # list items are validated one by one; point at the item (and its key) meant
         at = (*loc, m.group(1), *(m.group(2).split(".") if m.group(2) else ()))
     return f"  {positions.where(at, key=err['type'] == 'extra_forbidden')}: {text}: {msg}"
 

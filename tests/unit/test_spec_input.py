@@ -231,3 +231,41 @@ def test_yaml_without_those_cases_loads_as_safe_load_does() -> None:
     expected: Any = yaml.safe_load(text)
     assert expected["name"] == "web"
     assert load_yaml(text, source="README.md").data == expected
+
+
+CANARY = textwrap.dedent("""\
+    strategy: canary
+    canary:
+      hosts: 1
+      steps:
+        - traffic: 5%
+        - analysis: {duration: 60, window: 3}
+    analysis:
+      gates:
+        - error_rate: {max: 1%}
+        - latency: {max_ratio_to_baseline: 0.5}
+    """)
+
+
+def test_canary_steps_and_gates_errors_point_at_the_item_and_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path, SPEC + CANARY)
+    base = SPEC.count("\n")
+    assert spec_error(path).splitlines()[1:] == [
+        f"  {path}:{base + 6}:40: canary.steps: step 1 (analysis): analysis.window: "
+        "Extra inputs are not permitted",
+        f"  {path}:{base + 10}:40: analysis.gates: gate 1 (latency): "
+        "latency.max_ratio_to_baseline: Input should be greater than 1",
+    ]
+
+
+@pytest.mark.parametrize("canary, expected", [
+    ("strategy: canary\n", "canary: required by strategy: canary"),
+    ("canary: {steps: [{traffic: 5%}]}\n", "strategy: the canary section needs strategy: canary"),
+    ("strategy: canary\ncanary: {steps: [{traffic: 5%}, {analysis: {duration: 5}}]}\n",
+     "analysis: the canary's analysis steps need an analysis section"),
+    ("strategy: canary\ncanary: {steps: [{traffic: 100%}]}\n",
+     "traffic must be between 0.1% and 99%, not 100%"),
+])
+def test_a_canary_spec_missing_a_part_says_which(tmp_path: Path, canary: str,
+                                                 expected: str) -> None:
+    assert expected in spec_error(write(tmp_path, SPEC + canary))
