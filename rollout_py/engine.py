@@ -212,6 +212,9 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         if not self.settings.watch or not self.plan.batches:
             return None
         s, version = self.settings, self.plan.version
+        # Without an analysis section: probe rounds at most once a second (a big fleet's done
+        # hosts are many; the batch's own probes keep their pace).
+        watch_every = max(1.0, s.health.interval)
 
         def checks(host: str) -> list[Check]:
             return [c for c in self.checks(host, version)[0] if c.kind in ("http", "tcp")]
@@ -223,7 +226,7 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         return HealthWatch(
             balancer=self.balancer, prober=self.prober, checks=checks,
             servers=self.plan.servers, baseline=self._baseline, emit=self.emit,
-            on_fail=failed, interval=s.analysis.interval if s.analysis else s.health.interval,
+            on_fail=failed, interval=s.analysis.interval if s.analysis else watch_every,
             consecutive=s.health.consecutive, analysis=s.analysis, prometheus=s.prometheus,
             ignore_metrics=s.ignore_metrics)
 
