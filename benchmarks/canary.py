@@ -21,7 +21,8 @@ Columns:
   detect s   from the canary's first traffic step (WeightsSet) to AnalysisFinished (fail)
   windows    the windows the canary step judged (it stops at the failure); inconclusive: its
              held windows, summed over rounds
-  by watch   runs where the continuous watch's failure came first (it judges the canary too)
+  by watch   runs where the continuous watch's failure came first (0 since the watch takes a
+             canary over only after its steps)
   failed     failed requests in the load summary (min/median/max over rounds)
   bound      share x error_rate x interval x rps: the failures expected in one window
   gates      the gates that failed the deciding window (in how many runs)

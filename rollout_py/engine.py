@@ -279,7 +279,8 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         if ok:
             done.append(applied)
             self._done_hosts += batch.hosts
-            self._watch_batch(batch)
+            if not any(t.batch == batch.index for t in self.plan.traffic):
+                self._watch_batch(batch)  # else once its traffic steps have judged it
             if rest and isinstance(rest[0], PlannedBatch) and self.plan.pause_between_batches:
                 wait_until(lambda: self._stop_after_batch.is_set(),
                            self.plan.pause_between_batches, 0.1)
@@ -299,8 +300,10 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         try:
             if step is None:
                 self._check_running()
-            else:
-                self._traffic(step)
+                return True
+            self._traffic(step)
+            if step == [t for t in self.plan.traffic if t.batch == step.batch][-1]:
+                self._watch_batch(self.plan.batches[step.batch - 1])  # judged: now watched
             return True
         except Stopped:
             return False

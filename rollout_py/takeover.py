@@ -106,8 +106,13 @@ class ResumeSteps(SagaBase):
             state.cause = decision.cause or "a rollback on resume left hosts out of rotation"
             self._last_failure = decision.failure
             return len(plan.batches)
+        first = self.plan.steps[self._traffic_from] if self._traffic_from is not None else None
+        # a batch whose traffic steps run again is watched after them
+        replay = first.batch if first is not None and not isinstance(first, PlannedBatch) \
+            else None
         for applied in done:
-            self._watch_batch(applied.batch)
+            if applied.batch.index != replay:
+                self._watch_batch(applied.batch)
         return (decision.next_batch or len(plan.batches) + 1) - 1
 
     def _resume_traffic(self, events: Sequence[ev.Event], done: list[Applied]) -> None:

@@ -385,3 +385,35 @@ def test_rolling_with_a_soak_and_gates_judges_every_batch(rates: dict[str, float
         assert last.baseline == () and last.verdict == "pass"
         assert {g["gate"] for g in last.gates} == {"error_rate.max"}
     check_fleet_whole(fleet, result)
+
+
+def test_the_watch_leaves_the_canary_to_its_steps_and_watches_it_after() -> None:
+    """One judge at a time: during its traffic steps the canary is judged by them (their
+    limits and their cause); the watch takes it over once they are done."""
+    fleet = new_fleet(error_rates={"2.0": 0.05})
+    engine = make_engine(fleet, watch=True, analysis=analysis_spec(interval=0.01))
+    result = engine.run()
+    assert result.status == "rolled_back"
+    assert [f.purpose for f in of(engine.events, ev.AnalysisFinished)] == ["canary"]
+    assert not [w for w in of(engine.events, ev.AnalysisWindow) if w.purpose == "watch"]
+
+    fleet = new_fleet()
+    engine = make_engine(fleet, watch=True, analysis=analysis_spec(interval=0.01))
+    restored = threading.Event()
+    watched = threading.Event()
+
+    def after_restore(e: ev.Event) -> None:
+        if isinstance(e, ev.WeightsRestored):
+            restored.set()
+        if isinstance(e, ev.AnalysisWindow) and e.purpose == "watch":
+            assert restored.is_set(), "the watch judged the canary during its steps"
+            watched.set()
+
+    engine._sinks.append(after_restore)
+
+    def slow_upgrade() -> None:
+        watched.wait(10)
+
+    fleet.hooks["upgrade h2 -> 2.0"] = slow_upgrade
+    assert engine.run().status == "succeeded"
+    assert watched.is_set()
