@@ -143,7 +143,9 @@ class BatchSteps(SagaBase):
         self.emit(ev.ServersEnabled, batch=batch.index, servers=servers)
         durations["enable"] = time.monotonic() - t
 
-        if s.health.soak > 0:
+        judged = any(t.batch == batch.index and t.kind == "analyse" and t.purpose == "soak"
+                     for t in plan.traffic)
+        if s.health.soak > 0 and not judged:  # else its analysis step soaks it, probes too
             t = time.monotonic()
             self._probe(batch, plan.version, phase="soak")
             durations["soak"] = time.monotonic() - t

@@ -94,6 +94,8 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         self._foreign: dict[str, str] = {}  # "lb server" -> what someone else set
         self._weights_recorded: dict[str, dict[str, int]] | None = None
         self._weights_dirty = False
+        self._weights_set: dict[str, dict[str, int]] | None = None
+        self._weights_event: ev.WeightsSet | None = None
         self._skip_canary = False
         self._pause_requested: str | None = None
         self._aborted_by: str | None = None

@@ -105,10 +105,12 @@ class HealthWatch:
         assert self.analysis is not None
         judged = tuple(self.servers[h] for h in hosts)
         baseline = self.baseline(judged)
-        cur = sample(self.balancer.stats([*judged, *baseline]))
+        # Every fleet server, every time: a batch joining the watch must not void a window.
+        fleet = list(self.servers.values())
+        cur = sample(self.balancer.stats(fleet))
         if prev is None:
             return cur
-        deltas = window_deltas(prev, cur, [*judged, *baseline])  # type: ignore[arg-type]
+        deltas = window_deltas(prev, cur, fleet)  # type: ignore[arg-type]
         self._window += 1
         verdicts = judge_each(deltas, judged, baseline, self.analysis,
                               prometheus=self.prometheus,

@@ -159,6 +159,8 @@ class SagaBase:
     # whether some are still changed, and what operators and the watch asked for.
     _weights_recorded: dict[str, dict[str, int]] | None
     _weights_dirty: bool
+    _weights_set: dict[str, dict[str, int]] | None  # what the last set weight set
+    _weights_event: ev.WeightsSet | None
     _skip_canary: bool
     _pause_requested: str | None
     _aborted_by: str | None

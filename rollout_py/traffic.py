@@ -69,8 +69,11 @@ class TrafficSteps(SagaBase):
             weights[url], achieved[url] = shaped.weights, shaped.achieved
         self._weights_dirty = True
         failed = self.balancer.set_weights(weights)
-        self.emit(ev.WeightsSet, step=step.step, share=step.share, achieved=achieved,
-                  weights=weights)
+        self._weights_set = weights
+        event = self.emit(ev.WeightsSet, step=step.step, share=step.share, achieved=achieved,
+                          weights=weights)
+        assert isinstance(event, ev.WeightsSet)
+        self._weights_event = event
         if failed:
             raise BatchFailure("balancer", f"step {step.step}: set weight refused: "
                                + "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())),
@@ -84,6 +87,7 @@ class TrafficSteps(SagaBase):
             return
         weights = self._weights_recorded or {}
         failed = self.balancer.set_weights(weights) if weights else {}
+        self._weights_set = None
         self.emit(ev.WeightsRestored, weights=weights, failed=failed, step=step)
         self._weights_dirty = bool(failed)
 
@@ -117,6 +121,8 @@ class TrafficSteps(SagaBase):
             deltas = window_deltas(prev, cur, [*canary, *baseline])
             prev = cur
             window += 1
+            if step.purpose == "soak":
+                self._probe_round(batch.hosts)
             verdict = judge_window(deltas, canary, baseline, spec,
                                    prometheus=self.settings.prometheus,
                                    ignore_metrics_unavailable=self.settings.ignore_metrics)
@@ -125,6 +131,8 @@ class TrafficSteps(SagaBase):
                       **verdict.event_fields())
             for gate, detail in verdict.ignored_metrics():
                 self.emit(ev.MetricsUnavailable, gate=gate, detail=detail)
+            if verdict.verdict == "reset":
+                self._reapply_weights()
             status = run.add(verdict)
             if status == "passed":
                 self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
@@ -136,6 +144,39 @@ class TrafficSteps(SagaBase):
                           purpose=step.purpose, verdict="fail", cause=cause,
                           hosts=batch.hosts)
                 raise BatchFailure("analysis", cause, batch.hosts)
+
+    def _reapply_weights(self) -> None:
+        """After a reload (counters went down) HAProxy is back at its configured weights:
+        the canary's share is set again, if it was lost."""
+        if self._weights_set is None:
+            return
+        states = self.balancer.states()
+        if all(states.get(url, {}).get(s) is None or states[url][s].weight == w
+               for url, per in self._weights_set.items() for s, w in per.items()):
+            return
+        failed = self.balancer.set_weights(self._weights_set)
+        last = self._weights_event
+        assert last is not None
+        self.emit(ev.WeightsSet, step=last.step, share=last.share, achieved=last.achieved,
+                  weights=self._weights_set)
+        if failed:
+            raise BatchFailure("balancer", "set weight refused after a reload: " + "; ".join(
+                f"{k}: {v}" for k, v in sorted(failed.items())))
+
+    def _probe_round(self, hosts: Sequence[str]) -> None:
+        """One round of every probe of a batch being soaked (its analysis step's window)."""
+        for host in hosts:
+            before, after = self.checks(host, self.plan.version)
+            for check in [*before, *after]:
+                failure = self.prober.run(host, check)
+                if failure is not None:
+                    self.emit(ev.ProbeFailed, batch=self._batch_of(host), host=host,
+                              phase="soak", probe=failure.split(":", 1)[0], detail=failure)
+                    raise BatchFailure("probe_failed", f"soak probe failed on {host}: "
+                                       f"{failure}", (host,))
+
+    def _batch_of(self, host: str) -> int:
+        return next(b.index for b in self.plan.batches if host in b.hosts)
 
     # --- pauses and operator controls ----------------------------------------------------
     def _hold(self, step: int, duration: float | None, by: str) -> None:

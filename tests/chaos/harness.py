@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,18 +49,31 @@ class Run:
 
 def deploy_under_fault(lab: Layout, spec: Path, version: str, *args: str,
                        hooks: dict[str, Hook] | None = None, rps: float = 100,
-                       max_unavailable: int = 1, command: str = "deploy") -> Run:
-    """Runs ``rollout deploy --json`` under open-loop load through lb1 while every LB is
-    watched at 10 Hz; ``hooks`` maps an event kind to an action run when it appears (``"*"``:
-    every event, until it returns something other than False)."""
+                       max_unavailable: int = 1, command: str = "deploy",
+                       timeout: float | None = None) -> Run:
+    """Runs ``rollout deploy --json`` under open-loop load through lb1 (none with ``rps``
+    0) while every LB is watched at 10 Hz; ``hooks`` maps an event kind to an action run when
+    it appears (``"*"``: every event, until it returns something other than False).
+    ``timeout``: the controller is killed (SIGKILL, by its handle) if it is still running
+    after that many seconds, and the run fails saying so."""
     hooks = dict(hooks or {})
     watcher = Watcher.for_lab(lab, max_unavailable=max_unavailable).start()
-    load = LoadGenerator(f"http://127.0.0.1:{lab.lbs[0].port}/", rps=rps, duration=3600).start()
+    url = f"http://127.0.0.1:{lab.lbs[0].port}/"
+    load = LoadGenerator(url, rps=rps, duration=3600).start() if rps else None
     cmd = [sys.executable, "-m", "rollout_py", command, "-f", str(spec), "--json",
            *(["--version", version] if command == "deploy" else []), *args]
     child = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     CURRENT["pid"] = child.pid
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        child.kill()
+
+    watchdog = threading.Timer(timeout, expire) if timeout is not None else None
+    if watchdog is not None:
+        watchdog.start()
     events: list[dict[str, Any]] = []
     result = None
     assert child.stdout is not None and child.stderr is not None
@@ -79,11 +93,16 @@ def deploy_under_fault(lab: Layout, spec: Path, version: str, *args: str,
     finally:
         if child.poll() is None:  # a hook failed: stop the controller this test started
             child.send_signal(signal.SIGTERM)
-            child.wait(600)
+            child.wait(600)  # the watchdog, if any, still bounds this
+        if watchdog is not None:
+            watchdog.cancel()
         child.stdout.close()
         child.stderr.close()
-        summary = load.stop()
+        summary = load.stop() if load is not None else Summary.of(url, 0, 0, [])
         watched = watcher.stop()
+    if expired.is_set():
+        raise AssertionError(f"rollout {command} still running after {timeout} s: killed; "
+                             f"last events: {[e['event'] for e in events[-5:]]}")
     return Run(child.returncode, events, result, summary, watched, stderr, spec)
 
 

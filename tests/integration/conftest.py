@@ -59,10 +59,12 @@ def lab_factory(root_required: None, tmp_path_factory: pytest.TempPathFactory
     """Brings labs up on demand; every one is brought down at the end, even after failures."""
     made: list[Path] = []
 
-    def make(n_hosts: int = 4, n_lbs: int = 1, name: str = "lab") -> Layout:
+    def make(n_hosts: int = 4, n_lbs: int = 1, name: str = "lab",
+             with_prometheus: bool = False) -> Layout:
         lab_dir = tmp_path_factory.mktemp(name)
         made.append(lab_dir)
-        return lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs)
+        return lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs,
+                          with_prometheus=with_prometheus)
 
     yield make
     errors = []

@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def write_spec(lab: Layout, path: Path, **overrides: Any) -> Path:
-    """The lab's rollout.yml with absolute paths and test-sized timings, plus overrides."""
-    spec = yaml.safe_load((lab.path / "rollout.yml").read_text())
+def write_spec(lab: Layout, path: Path, base: str = "rollout.yml", **overrides: Any) -> Path:
+    """The lab's rollout.yml (or ``base``, e.g. rollout-canary.yml) with absolute paths and
+    test-sized timings, plus overrides."""
+    spec = yaml.safe_load((lab.path / base).read_text())
     spec["inventory"] = str(lab.inventory)
     spec["haproxy"]["ssh_config"] = str(lab.ssh_config)
     spec["haproxy"]["drain_timeout"] = 10

@@ -165,14 +165,20 @@ def test_a_counter_reset_mid_analysis_gives_no_verdict_and_no_false_failure() ->
     fleet = new_fleet()
     resets = iter([True])
 
-    def reload_once(e: ev.Event) -> None:
+    def reload_once(e: ev.Event) -> None:  # what a reload does: counters and weights
         if isinstance(e, ev.AnalysisWindow) and next(resets, False):
             fleet.reset_counters()
+            for per in fleet.servers.values():
+                for host, w in WEIGHTS.items():
+                    per[host].weight = w
 
     engine = make_engine(fleet, [reload_once])
     result = engine.run()
     assert [w.verdict for w in of(engine.events, ev.AnalysisWindow)][:3] == \
         ["pass", "reset", "pass"]
+    # the canary's share is set again after the reload, the same weights
+    first, again = of(engine.events, ev.WeightsSet)[:2]
+    assert (first.step, again.step) == (2, 2) and first.weights == again.weights
     assert result.status == "succeeded"
     check_fleet_whole(fleet, result)
 
