@@ -266,7 +266,8 @@ def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
                           stage_tags=spec.stage.tags if spec.stage else None,
                           switch_tags=spec.stage.switch_tags if spec.stage else None,
                           analysis=spec.analysis, prometheus=prom_query,
-                          ignore_metrics=ignore_metrics, controls=controls),
+                          ignore_metrics=ignore_metrics, controls=controls,
+                          warmup=spec.haproxy.warmup, warmup_from=spec.haproxy.warmup_from),
         sinks=sinks, deploy_id=deploy_id, redactor=redactor)
 
 

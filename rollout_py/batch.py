@@ -19,13 +19,13 @@ from rollout_py.saga import (
     BatchFailure,
     LBLost,
     RunState,
-    SagaBase,
     drift,
     not_up_where_ready,
 )
+from rollout_py.warmup import WarmupSteps, starting
 
 
-class BatchSteps(SagaBase):
+class BatchSteps(WarmupSteps):
     """The forward half of the saga (mixed into the Engine)."""
 
     def _run_batch(self, applied: Applied, *, finish_only: bool = False
@@ -141,6 +141,8 @@ class BatchSteps(SagaBase):
         applied.enabled = True
         self._enable(applied)
         self.emit(ev.ServersEnabled, batch=batch.index, servers=servers)
+        if s.warmup > 0:
+            self._warm_up(applied)
         durations["enable"] = time.monotonic() - t
 
         judged = any(t.batch == batch.index and t.kind == "analyse" and t.purpose == "soak"
@@ -254,8 +256,10 @@ class BatchSteps(SagaBase):
     def _enable(self, applied: Applied) -> None:
         assert applied.snapshot is not None
         servers = applied.batch.servers
-        self.balancer.restore(applied.snapshot, servers)
         snapshot = applied.snapshot
+        warm = self.settings.warmup > 0
+        self.balancer.restore(starting(snapshot, servers, self.settings.warmup_from) if warm
+                              else snapshot, servers)
         bad: list[str] = []
 
         def up() -> bool:

@@ -296,6 +296,17 @@ class WeightsRestored(Event):
 
 
 @_frozen
+class WarmupStep(Event):
+    """A batch's weights on every LB during its warm-up (step 1: set by the enable)."""
+
+    kind: ClassVar[str] = "warmup_step"
+    batch: int
+    step: int
+    of: int
+    weights: dict[str, dict[str, int]]
+
+
+@_frozen
 class AnalysisWindow(Event):
     """One judged window: raw counters, deltas, each gate's number, threshold and verdict."""
 
@@ -367,5 +378,5 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ForeignChange, ServersEnabled, BatchSucceeded, BatchFailed, RollbackStarted,
     RollbackFinished, Interrupted, DeployResumed, DeployFinished, WeightsRecorded, WeightsSet,
     WeightsRestored, AnalysisWindow, AnalysisFinished, PauseStarted, PauseEnded,
-    ControlReceived, MetricsUnavailable,
+    ControlReceived, MetricsUnavailable, WarmupStep,
 )

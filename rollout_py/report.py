@@ -124,6 +124,8 @@ def _console_line(e: ev.Event) -> str | None:
             return "weights restored: " + _weights(e.weights) + bad
         case ev.AnalysisWindow():
             return window_line(e)
+        case ev.WarmupStep():
+            return f"{b} warm-up {e.step}/{e.of}: " + _weights(e.weights)
         case ev.AnalysisFinished():
             return f"{b} step {e.step} analysis ({e.purpose}): {e.verdict.upper()}: {e.cause}"
         case ev.PauseStarted():

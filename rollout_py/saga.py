@@ -66,6 +66,8 @@ class Settings:
     ignore_metrics: bool = False
     controls: Callable[[], Sequence[Control]] | None = None
     watch: bool = True  # continuous health over batches back in rotation
+    warmup: float = 0  # seconds over which an enabled batch's weights ramp up (0: off)
+    warmup_from: float = 0.1  # the share of its recorded weight it starts at
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from rollout_py.errors import SpecError
-from rollout_py.spec_canary import AnalysisSpec, CanarySpec, dispatch
+from rollout_py.spec_canary import AnalysisSpec, CanarySpec, dispatch, share
 from rollout_py.specload import Loaded, load_yaml, read_spec_text, split_leading_path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -151,6 +151,15 @@ class HAProxySpec(_Model):
     drain_timeout: float = Field(30, ge=0, le=86400)
     up_timeout: float = Field(30, gt=0, le=3600)
     ssh_config: str | None = None
+    # Warm-up: an enabled batch starts at warmup_from of its recorded weight, raised in steps
+    # to it over warmup seconds on every LB (servers recorded at weight 2 or more).
+    warmup: float = Field(0, ge=0, le=3600)
+    warmup_from: float = 0.1
+
+    @field_validator("warmup_from", mode="before")
+    @classmethod
+    def _warmup_from(cls, v: Any) -> float:
+        return share(v, field="warmup_from", low=1, high=99)
 
     @field_validator("sockets")
     @classmethod

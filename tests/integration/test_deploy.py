@@ -205,3 +205,46 @@ def test_sigterm_during_the_playbook_unwinds_safely(
     assert "rollout-cp-" not in leftovers  # no SSH master of the deploy is left
     assert not [ln for ln in leftovers.splitlines()
                 if "ansible-playbook" in ln and str(spec.parent) in ln]
+
+
+def test_warm_up_ramps_the_new_servers_weight_on_both_lbs_to_its_recorded_weight(
+        lab: Layout, tmp_path: Path) -> None:
+    """Weights at 100 (set at runtime, so recorded as 100): app01 comes back at 10 % of it and
+    is raised in steps to 100 on both LBs, as `lab watch` samples it; the others untouched."""
+    from rollout_py.api import open_balancer
+    from rollout_py.lab.watch import Watcher
+
+    artifact.build_artifact(lab.artifacts, "8.0")
+    spec = rollout_py.load_spec(write_spec(lab, tmp_path / "rollout.yml", batches=[1]))
+    spec = spec.model_copy(update={"haproxy": spec.haproxy.model_copy(
+        update={"warmup": 3.0, "warmup_from": 0.1})})
+    lbs = open_balancer(spec)
+    before = {url: {s: st.weight for s, st in per.items()} for url, per in lbs.states().items()}
+    try:
+        lbs.set_weights({url: dict.fromkeys(per, 100) for url, per in before.items()})
+        with Watcher.for_lab(lab, hz=20) as watcher:
+            seen: list[ev.Event] = []
+            result = rollout_py.deploy(spec, version="8.0", limit="app01",
+                                       on_event=seen.append, install_signal_handlers=False)
+            ended = time.time()
+            deadline = time.monotonic() + 10  # a sample of each LB taken after the deploy
+            while not {s.lb for s in watcher.samples() if s.ts > ended} >= {"lb1", "lb2"}:
+                assert time.monotonic() < deadline, "the watch took no sample after the deploy"
+                time.sleep(0.05)
+            samples = watcher.samples()
+        assert result.status == "succeeded", result.cause
+        for lb in ("lb1", "lb2"):
+            weights = [s.servers["app01"].weight for s in samples
+                       if s.lb == lb and s.ok and s.servers["app01"].admin == "READY"]
+            after_maint = weights[weights.index(10):]  # from its enable on
+            assert after_maint == sorted(after_maint), (lb, after_maint)  # only rises
+            assert after_maint[-1] == 100
+            assert len(set(after_maint)) >= 3, (lb, after_maint)  # steps between 10 and 100
+            others = {s.servers[o].weight for s in samples if s.lb == lb and s.ok
+                      for o in ("app02", "app03")}
+            assert others == {100}
+        steps = [e for e in seen if isinstance(e, ev.WarmupStep)]
+        assert steps[0].step == 1 and steps[-1].step == steps[-1].of
+    finally:
+        lbs.set_weights(before)
+        lbs.close()
