@@ -78,8 +78,10 @@ class Context:
 
 def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str | None = None,
          force: bool = False, current_versions: Mapping[str, str | None] | None = None,
-         context: Context | None = None) -> Plan:
-    """What ``deploy`` will do. Reads the inventory; touches no host and no load balancer.
+         context: Context | None = None, order: Sequence[str] | None = None) -> Plan:
+    """What ``deploy`` will do. Reads the inventory; touches no host and no load balancer
+    (with ``haproxy.drain_order: fewest_sessions`` it reads every LB's sessions, unless
+    ``order`` gives the hosts' order: a resume gives the one its deploy started with).
 
     Example:
         >>> p = plan(spec, version="2.0", limit="web1,web2")  # doctest: +SKIP
@@ -87,9 +89,15 @@ def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str |
     """
     validate_version(version)
     ctx = context or Context.resolve(spec, inventory=inventory, limit=limit)
+    targets = [h.name for h in ctx.targets]
+    if order is None and spec.haproxy.drain_order == "fewest_sessions":
+        order = fewest_sessions_first(spec, ctx)
+    if order is not None:
+        rank = {h: i for i, h in enumerate(order)}
+        targets.sort(key=lambda h: rank.get(h, len(rank)))
     return make_plan(
         name=spec.name, version=version, fleet=[h.name for h in ctx.fleet],
-        targets=[h.name for h in ctx.targets], servers=ctx.servers, batches=spec.batches,
+        targets=targets, servers=ctx.servers, batches=spec.batches,
         max_unavailable=spec.max_unavailable, current_versions=current_versions or {},
         force=force, backend=spec.haproxy.backend, sockets=spec.haproxy.sockets,
         on_failure=spec.on_failure, playbook=str(spec.path(spec.playbook)),
@@ -102,6 +110,21 @@ def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str |
         gates=[describe_gate(g) for g in spec.analysis.gates] if spec.analysis else (),
         soak=spec.health.soak, interval=spec.analysis.interval if spec.analysis else None,
     )
+
+
+def fewest_sessions_first(spec: Spec, ctx: Context) -> list[str]:
+    """The targeted hosts, those whose servers hold the fewest sessions (summed over every
+    LB) first; ties keep the inventory's order. Read-only."""
+    lbs = open_balancer(spec)
+    try:
+        sessions = lbs.sessions([ctx.servers[h.name] for h in ctx.targets])
+    except BalancerError as exc:
+        raise InputError(f"haproxy.drain_order fewest_sessions: cannot read the sessions: "
+                         f"{exc}") from exc
+    finally:
+        lbs.close()
+    names = [h.name for h in ctx.targets]
+    return sorted(names, key=lambda h: (sessions.get(ctx.servers[h], 0), names.index(h)))
 
 
 def lb_weights(spec: Spec, the_plan: Plan) -> dict[str, dict[str, int]] | None:
@@ -314,7 +337,8 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
     ctx = Context.resolve(spec, inventory=meta["inventory"], limit=meta.get("limit"))
     started = next(e for e in events if isinstance(e, ev.DeployStarted))
     the_plan = plan(spec, version=meta["version"], force=bool(meta.get("force")),
-                    current_versions=started.versions, context=ctx)
+                    current_versions=started.versions, context=ctx,
+                    order=[h for batch in started.batches for h in batch])
     # identity() has no prose; deploys started before it existed recorded the whole to_json().
     if meta["plan_digest"] not in (digest(the_plan.identity()), digest(the_plan.to_json())):
         old = [tuple(b["hosts"]) for b in record.snapshot("plan")["batches"]]

@@ -155,6 +155,8 @@ class HAProxySpec(_Model):
     # to it over warmup seconds on every LB (servers recorded at weight 2 or more).
     warmup: float = Field(0, ge=0, le=3600)
     warmup_from: float = 0.1
+    # Which hosts go first: the inventory's order, or those with the fewest sessions now.
+    drain_order: Literal["inventory", "fewest_sessions"] = "inventory"
 
     @field_validator("warmup_from", mode="before")
     @classmethod

@@ -87,3 +87,27 @@ def test_the_lab_inventory_is_empty_without_a_lab(tmp_path: Path, state: str | N
     data = ansible_inventory(REPO / "inventory" / "lab", {"ROLLOUT_LAB_DIR": str(lab)})
     assert data["_meta"]["hostvars"] == {}
     assert "hosts" not in data.get("app", {}) or data["app"]["hosts"] == []
+
+
+def test_drain_order_fewest_sessions_puts_the_idlest_servers_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order is read from the LBs once, at plan time; a resume passes the order its deploy
+    started with, so the plan (and its digest) does not change under it."""
+    from rollout_py.testing import FakeFleet
+
+    servers = ["web01", "web02", "web03", "web04_8080"]
+    fleet = FakeFleet(servers, sticky_sessions={"web01": 7, "web02": 3, "web04_8080": 3})
+    monkeypatch.setattr(api, "open_balancer", lambda spec: fleet.balancer())
+    spec_file = tmp_path / "rollout.yml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "web", "inventory": str(REPO / "inventory" / "example-ini"), "hosts": "app",
+        "playbook": str(REPO / "playbooks" / "deploy.yml"), "batches": [1, 2],
+        "haproxy": {"sockets": ["unix:///lb.sock"], "server": "{{ haproxy_server_name }}",
+                    "drain_order": "fewest_sessions"},
+        "health": {"probes": [{"http": "http://{{ ansible_host }}:8080/health"}]}}))
+    spec = load_spec(spec_file)
+    plan = api.plan(spec, version="2.4.1")
+    assert [b.hosts for b in plan.batches] == [("web03",), ("web02", "web04"), ("web01",)]
+    fleet.sticky_sessions.clear()  # the sessions moved on; the resume's order is the journal's
+    again = api.plan(spec, version="2.4.1", order=[h for b in plan.batches for h in b.hosts])
+    assert again.identity() == plan.identity()
