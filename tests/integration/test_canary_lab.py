@@ -442,9 +442,9 @@ def test_an_haproxy_reload_during_the_analysis_is_a_reset_window_then_abort_in_t
     `rollout abort` from another process rolls the canary back (exit 1).
 
     A reload also puts back the configured weights (1 each), forgetting the 10 % set at
-    runtime: the deploy does not notice it (it does not set the step's weights again), so the
-    rest of that analysis ran with the canary at 1 of 6 (16.7 %). The weights it restores at
-    the end are the recorded ones, which equal the configured ones here: the fleet ends right.
+    runtime: the reset window makes the deploy look, and it sets the step's weights again (a
+    second weights_set for the same step), so the pause holds the canary at 10 % again; the
+    weights restored at the end are the recorded ones.
     """
     master = Proc.from_json(lab.procs["haproxy:lb1"])
     spec = canary_spec(lab, tmp_path / "rollout.yml",
@@ -487,11 +487,13 @@ def test_an_haproxy_reload_during_the_analysis_is_a_reset_window_then_abort_in_t
     assert not of(run, "batch_started", batch=2)
     assert run.load.failed == 0, run.load.failures  # the reload lost no request either
     assert Proc.from_json(lab.procs["haproxy:lb1"]).alive()  # same master, new worker
-    # Weights: shaped before the reload, the configured ones after it (the reload's doing,
-    # left so by the deploy), the recorded ones at the end.
+    # Weights: shaped before the reload, shaped again after it (the reload had put back the
+    # configured ones), the recorded ones at the end.
     [recorded] = of(run, "weights_recorded")
-    [shaped] = of(run, "weights_set")
+    shaped, again = of(run, "weights_set")
     assert seen["before_reload"] == shaped["weights"] != recorded["weights"]
+    assert (again["step"], again["weights"]) == (shaped["step"], shaped["weights"])
+    assert seen["in_pause"] == shaped["weights"]
     print(f"\nreload: weights before {seen['before_reload']}, in the pause after it "
           f"{seen['in_pause']}; recorded {recorded['weights']}")
     assert [r["weights"] for r in of(run, "weights_restored")] == [recorded["weights"]]
