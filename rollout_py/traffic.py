@@ -126,9 +126,12 @@ class TrafficSteps(SagaBase):
             verdict = judge_window(deltas, canary, baseline, spec,
                                    prometheus=self.settings.prometheus,
                                    ignore_metrics_unavailable=self.settings.ignore_metrics)
+            fields = verdict.event_fields()
+            if not baseline:
+                fields["reason"] = (f"{fields['reason']} (no old server left to compare with: "
+                                    "the baseline gates are dropped)")
             self.emit(ev.AnalysisWindow, batch=step.batch, step=step.step, purpose=step.purpose,
-                      window=window, canary=tuple(canary), baseline=baseline,
-                      **verdict.event_fields())
+                      window=window, canary=tuple(canary), baseline=baseline, **fields)
             for gate, detail in verdict.ignored_metrics():
                 self.emit(ev.MetricsUnavailable, gate=gate, detail=detail)
             if verdict.verdict == "reset":

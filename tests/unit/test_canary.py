@@ -389,6 +389,7 @@ def test_rolling_with_a_soak_and_gates_judges_every_batch(rates: dict[str, float
     last = of(engine.events, ev.AnalysisWindow)[-1]
     if status == "succeeded":
         assert last.baseline == () and last.verdict == "pass"
+        assert "no old server left to compare with" in last.reason
         assert {g["gate"] for g in last.gates} == {"error_rate.max"}
     check_fleet_whole(fleet, result)
 
