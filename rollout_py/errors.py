@@ -8,6 +8,8 @@ does not answer); a deploy that fails and rolls back is a normal result, not an 
     RolloutError
     ├── InputError            bad input from the user; nothing was touched
     │   ├── SpecError         the rollout spec is invalid (names file, field path, expectation)
+    │   ├── FlagError         a flag file is invalid, or a flag edit names a missing flag or
+    │   │                     variant (names file:line:col, field path, rule)
     │   ├── PreflightError    the fleet is not in a state to deploy to; nothing was touched
     │   │   └── LockHeldError another deploy or a manual hold has the fleet (carries .holder,
     │   │                     a rollout_py.lock.Holder; the CLI exits 4)
@@ -39,6 +41,10 @@ class InputError(RolloutError):
 
 class SpecError(InputError):
     """The rollout spec is invalid: the message names the file, the field path and the rule."""
+
+
+class FlagError(InputError):
+    """A flag file (flagd's format) is invalid, or an edit names a flag or variant it lacks."""
 
 
 class PreflightError(InputError):
