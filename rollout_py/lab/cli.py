@@ -29,12 +29,15 @@ def lab() -> None:
 @click.option("--block", default=None, help="IPv4 block for labs (default 10.213.0.0/16).")
 @click.option("--prometheus", "with_prometheus", is_flag=True,
               help="Also run Prometheus on 127.0.0.1, scraping every LB's exporter each second.")
+@click.option("--pools", "n_pools", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="2: hosts split into pools blue and green (backends app_blue, app_green), "
+                   "routed by a map on every LB; frontend 'preview' reaches the idle pool.")
 @dir_option
-def up(n_hosts: int, n_lbs: int, block: str | None, with_prometheus: bool,
+def up(n_hosts: int, n_lbs: int, block: str | None, with_prometheus: bool, n_pools: int,
        lab_dir: Path) -> int:
     """Bring the lab up (root)."""
     layout = lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs, block=block,
-                        with_prometheus=with_prometheus, say=click.echo)
+                        with_prometheus=with_prometheus, n_pools=n_pools, say=click.echo)
     _print_summary(layout)
     return 0
 
@@ -43,7 +46,11 @@ def _print_summary(layout: Layout) -> None:
     info = layout.describe()
     for lb in info["lbs"]:  # type: ignore[attr-defined]
         click.echo(f"{lb['name']}: frontend http://{lb['frontend']}  admin {lb['socket_url']}"
-                   f"  metrics {lb['metrics']}")
+                   f"  metrics {lb['metrics']}"
+                   + (f"  preview http://{lb['preview']}  map {lb['map_path']}"
+                      if lb["preview"] else ""))
+    for pool in info["pools"]:  # type: ignore[attr-defined]
+        click.echo(f"pool {pool['name']}: backend {pool['backend']}: {', '.join(pool['hosts'])}")
     if layout.prometheus_url is not None:
         click.echo(f"prometheus: {layout.prometheus_url}")
     click.echo(f"inventory: {info['inventory']}")
@@ -78,8 +85,12 @@ def status(lab_dir: Path, as_json: bool) -> int:
         return 0
     click.echo(f"lab {info['dir']} ({info['state']}, {info['subnet']})")
     lbs: list[dict[str, Any]] = info["lbs"]
+    for pool in info["pools"]:
+        click.echo(f"pool {pool['name']}: backend {pool['backend']}: {', '.join(pool['hosts'])}")
     for lb in lbs:
-        click.echo(f"{lb['name']}: frontend http://{lb['frontend']}  metrics {lb['metrics']}")
+        click.echo(f"{lb['name']}: frontend http://{lb['frontend']}  metrics {lb['metrics']}"
+                   + (f"  live: {lb['live']}, preview: {lb['preview']} (map {lb['map']})"
+                      if "live" in lb else ""))
     prom = info["prometheus"]
     if prom is not None:
         scraped = ", ".join(f"{k} {'up' if v == 1 else 'DOWN'}"

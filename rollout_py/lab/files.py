@@ -11,6 +11,9 @@ from rollout_py.resources import playbook, roles_path
 def inventory(layout: Layout) -> str:
     lines = ["# Written by `rollout lab up`; removed by `rollout lab down`.", "[app]"]
     lines += [f"{h.name} ansible_host={h.address}" for h in layout.app_hosts]
+    address = {h.name: h.address for h in layout.app_hosts}
+    for pool in layout.pools:  # `up --pools 2`: groups blue and green
+        lines += ["", f"[{pool.name}]"] + [f"{h} ansible_host={address[h]}" for h in pool.hosts]
     if layout.lb_hosts:
         lines += ["", "[lb]"] + [f"{h.name} ansible_host={h.address}" for h in layout.lb_hosts]
     lines += [
@@ -72,11 +75,14 @@ control_path = %(directory)s/%%C
 
 
 def rollout_spec(layout: Layout) -> str:
+    """A rolling deploy of the lab's hosts (with pools: of the live pool, blue)."""
+    group, backend = ("app", BACKEND) if not layout.pools else \
+        (layout.pools[0].name, layout.pools[0].backend)
     sockets = "\n".join(f"    - {lb.socket_url}" for lb in layout.lbs)
     return f"""# A rollout spec for this lab, written by `rollout lab up`.
 name: lab
 inventory: inventory.ini
-hosts: app
+hosts: {group}
 playbook: {playbook('deploy.yml')}
 batches: [1, "50%", "100%"]
 max_unavailable: "50%"
@@ -89,7 +95,7 @@ haproxy:
   sockets:
 {sockets}
   ssh_config: ssh/ssh_config
-  backend: {BACKEND}
+  backend: {backend}
   server: "{{{{ inventory_hostname }}}}"
   drain_timeout: 30
 health:
@@ -105,20 +111,25 @@ health:
 """
 
 
-# HAProxy's exporter (2.6): per-server responses by class, proxy = the backend.
-_RESPONSES = f'haproxy_server_http_responses_total{{proxy="{BACKEND}",server=~"$canary"'
-CANARY_5XX_QUERY = (f'sum(rate({_RESPONSES},code="5xx"}}[10s])) / '
-                    f'sum(rate({_RESPONSES}}}[10s]))')
+def canary_5xx_query(backend: str) -> str:
+    """HAProxy's exporter (2.6): per-server responses by class, proxy = the backend."""
+    responses = f'haproxy_server_http_responses_total{{proxy="{backend}",server=~"$canary"'
+    return (f'sum(rate({responses},code="5xx"}}[10s])) / '
+            f'sum(rate({responses}}}[10s]))')
+
+
+CANARY_5XX_QUERY = canary_5xx_query(BACKEND)
 
 
 def canary_spec(layout: Layout) -> str:
     """rollout.yml's spec as a canary: one host, 10 % then 50 % of the traffic, each judged for
     20 s; with the lab's Prometheus, a PromQL gate on the canary's 5xx share too."""
     rolling = rollout_spec(layout).split("\n", 1)[1]
+    backend = layout.pools[0].backend if layout.pools else BACKEND
     gate = "" if layout.prometheus_url is None else (
         f"    - prometheus:\n"
         f"        url: {layout.prometheus_url}\n"
-        f"        query: '{CANARY_5XX_QUERY}'\n"
+        f"        query: '{canary_5xx_query(backend)}'\n"
         f"        max: 0.01\n")
     return f"""# A canary rollout spec for this lab, written by `rollout lab up`.
 {rolling}strategy: canary

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from rollout_py.errors import LabError
+from rollout_py.lab import pools
 from rollout_py.lab.layout import APP_PORT, Layout, LbSpec
 from rollout_py.lab.procs import Proc, run, spawn
 
@@ -35,10 +36,12 @@ def free_ports(count: int) -> list[int]:
 def render(layout: Layout, lb: LbSpec) -> str:
     """One LB's config: frontend on 127.0.0.1, backend ``app`` with one server per host,
     health checks sourced from the bridge address (so they fail locally without the lab), and
-    HAProxy's Prometheus exporter on its own loopback port (``/metrics``)."""
-    servers = "\n".join(
-        f"    server {h.name} {h.address}:{APP_PORT}" for h in layout.app_hosts
-    )
+    HAProxy's Prometheus exporter on its own loopback port (``/metrics``). With pools, a
+    backend per pool, chosen through the LB's map (``rollout_py.lab.pools``)."""
+    address = {h.name: h.address for h in layout.app_hosts}
+    backends = "".join(
+        _backend(layout, lb, name, [f"    server {h} {address[h]}:{APP_PORT}" for h in names])
+        for name, names in pools.backend_hosts(layout, BACKEND).items())
     metrics = "" if lb.metrics_port is None else f"""
 frontend {METRICS_FRONTEND}
     bind 127.0.0.1:{lb.metrics_port}
@@ -66,9 +69,14 @@ defaults
 
 frontend web
     bind 127.0.0.1:{lb.port}
-    default_backend {BACKEND}
-{metrics}
-backend {BACKEND}
+{pools.web_routing(layout, lb, BACKEND)}
+{pools.preview_frontend(layout, lb)}{metrics}{backends}"""
+
+
+def _backend(layout: Layout, lb: LbSpec, name: str, servers: list[str]) -> str:
+    lines = "\n".join(servers)
+    return f"""
+backend {name}
     balance roundrobin
     option httpchk GET /health
     http-check expect status 200
@@ -76,7 +84,7 @@ backend {BACKEND}
     default-server check inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2
     http-response set-header X-LB-Server %[srv_name]
     http-response set-header X-LB {lb.name}
-{servers}
+{lines}
 """
 
 
@@ -100,12 +108,14 @@ def start(layout: Layout, lb: LbSpec, *, host_sshd: Proc | None) -> Proc:
         (host_run / Path(lb.socket_path).parent.relative_to("/run")).mkdir(
             parents=True, exist_ok=True)
         prefix = ["nsenter", "-t", str(host_sshd.pid), "-m", "-u", "--"]
-    run(["haproxy", "-c", "-q", "-f", str(cfg)])
+    if pools.enabled(layout):
+        pools.write_map_file(layout, lb, pools.initial_entries(layout))
     cfg_arg = str(cfg)
     if host_sshd is not None:
         # The LB host sees its own /run, not the lab dir (which may sit under /tmp or /root).
         shutil.copyfile(cfg, host_run / "haproxy" / "haproxy.cfg")
         cfg_arg = "/run/haproxy/haproxy.cfg"
+    run([*prefix, "haproxy", "-c", "-q", "-f", cfg_arg])  # where it runs: files it names exist
     child = spawn([*prefix, "haproxy", "-W", "-db", "-f", cfg_arg],
                   str(layout.logs / f"haproxy-{lb.name}.log"))
     deadline = time.monotonic() + 10

@@ -23,7 +23,7 @@ from typing import Any
 from rollout_py.balancer import RuntimeAPI, open_transport
 from rollout_py.balancer.transports import SshOptions
 from rollout_py.errors import InputError, LabError, LabPrerequisiteError
-from rollout_py.lab import artifact, files, haproxy, hosts, net, prometheus
+from rollout_py.lab import artifact, files, haproxy, hosts, net, pools, prometheus
 from rollout_py.lab.layout import APP_PORT, MAX_HOSTS, RUN_ROOT, HostSpec, Layout, LbSpec
 from rollout_py.lab.procs import (
     Proc,
@@ -80,11 +80,13 @@ def _host_python() -> str:
     return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
-def _validate(lab_dir: Path, n_hosts: int, n_lbs: int) -> None:
+def _validate(lab_dir: Path, n_hosts: int, n_lbs: int, n_pools: int = 1) -> None:
     if not 1 <= n_hosts <= MAX_HOSTS:
         raise InputError(f"--hosts must be between 1 and {MAX_HOSTS} (one /24), not {n_hosts}")
     if not 1 <= n_lbs <= 2:
         raise InputError(f"--lbs must be 1 or 2, not {n_lbs}")
+    if n_pools not in (1, 2) or (n_pools == 2 and n_hosts < 2):
+        raise InputError(f"--pools must be 1 or 2 (2 needs at least 2 hosts), not {n_pools}")
     if any(ch.isspace() for ch in str(lab_dir)) or "," in str(lab_dir):
         raise InputError(f"lab dir {str(lab_dir)!r} must not contain spaces or commas "
                          "(it is written into an Ansible inventory)")
@@ -95,8 +97,12 @@ def running(layout: Layout) -> bool:
 
 
 def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = None,
-       with_prometheus: bool = False, say: Say = lambda _msg: None) -> Layout:
+       with_prometheus: bool = False, n_pools: int = 1,
+       say: Say = lambda _msg: None) -> Layout:
     """Builds the lab in ``lab_dir``; on a lab that is already up, changes nothing.
+
+    ``n_pools=2`` splits the hosts into pools blue and green, routed through a map on every
+    LB (``rollout_py.lab.pools``).
 
     ``with_prometheus`` also runs a Prometheus scraping every LB's exporter each second
     (``layout.prometheus_url``); ``up`` returns once it has scraped every LB.
@@ -105,7 +111,7 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
         >>> layout = up(Path(".rollout-lab"), n_hosts=4)  # doctest: +SKIP
     """
     lab_dir = lab_dir.absolute()
-    _validate(lab_dir, n_hosts, n_lbs)
+    _validate(lab_dir, n_hosts, n_lbs, n_pools)
     check_prerequisites(with_prometheus=with_prometheus)
     block = block or os.environ.get("ROLLOUT_LAB_BLOCK") or net.DEFAULT_BLOCK
     with _machine_lock():
@@ -114,9 +120,10 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
             if not running(existing):
                 raise LabError(f"the lab in {lab_dir} is not fully up (state {existing.state}, "
                                f"or a process died): run `rollout lab down --dir {lab_dir}` first")
-            if (existing.n_hosts, existing.n_lbs) != (n_hosts, n_lbs):
-                raise LabError(f"the lab in {lab_dir} is already up with {existing.n_hosts} hosts "
-                               f"and {existing.n_lbs} LB(s); run `rollout lab down` to resize it")
+            if (existing.n_hosts, existing.n_lbs, existing.n_pools) != (n_hosts, n_lbs, n_pools):
+                raise LabError(f"the lab in {lab_dir} is already up with {existing.n_hosts} hosts, "
+                               f"{existing.n_lbs} LB(s) and {existing.n_pools} pool(s); run "
+                               "`rollout lab down` to resize it")
             if (existing.prometheus_url is not None) != with_prometheus:
                 has = "with" if existing.prometheus_url else "without"
                 raise LabError(f"the lab in {lab_dir} is already up {has} Prometheus; run "
@@ -126,7 +133,8 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
         network = net.check_block(block)
         net.install_guard(network)  # before anything targets a lab address
         layout = Layout(dir=str(lab_dir), index=_free_index(network), block=str(network),
-                        n_hosts=n_hosts, n_lbs=n_lbs, host_python=_host_python())
+                        n_hosts=n_hosts, n_lbs=n_lbs, host_python=_host_python(),
+                        n_pools=n_pools)
         lab_dir.mkdir(parents=True, exist_ok=True)
         layout.save()
         started = time.monotonic()
@@ -217,14 +225,23 @@ def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
 def _plan_lbs(layout: Layout, with_prometheus: bool) -> None:
     """The LBs and their loopback ports (a frontend and an exporter each, and Prometheus's),
     chosen at once so that no two are the same."""
-    ports = iter(haproxy.free_ports(2 * layout.n_lbs + int(with_prometheus)))
+    per_lb = 3 if pools.enabled(layout) else 2  # frontend, exporter (, preview)
+    ports = iter(haproxy.free_ports(per_lb * layout.n_lbs + int(with_prometheus)))
+
+    def pool_fields(name: str, remote: bool) -> dict[str, Any]:
+        if not pools.enabled(layout):
+            return {}
+        return {"map_path": pools.map_path_for(layout, name, remote),
+                "preview_port": next(ports)}
+
     layout.lbs = [LbSpec("lb1", next(ports), str(layout.run_dir / "lb1.sock"),
-                         f"unix://{layout.run_dir / 'lb1.sock'}", None, next(ports))]
+                         f"unix://{layout.run_dir / 'lb1.sock'}", None, next(ports),
+                         **pool_fields("lb1", False))]
     remote_socket = "/run/haproxy/admin.sock"  # as on a packaged LB host
     for lb_host in layout.lb_hosts:
         layout.lbs.append(LbSpec(lb_host.name, next(ports), remote_socket,
                                  f"ssh://root@{lb_host.address}{remote_socket}", lb_host.name,
-                                 next(ports)))
+                                 next(ports), **pool_fields(lb_host.name, True)))
     layout.prometheus_port = next(ports, None)
     layout.save()
 
@@ -253,7 +270,8 @@ def _wait_ready(layout: Layout, say: Say) -> None:
     for lb in layout.lbs:
         api = _local_lb_api(layout, lb)
         while True:
-            states = api.servers_state(haproxy.BACKEND)
+            states = [s for be in pools.backends(layout, haproxy.BACKEND)
+                      for s in api.servers_state(be)]
             down = [s.name for s in states if not s.running]
             if not down:
                 break
@@ -329,15 +347,18 @@ def status(lab_dir: Path) -> dict[str, Any]:
             row["servers"] = {
                 s.name: {"admin": s.admin, "op": s.op, "weight": s.weight,
                          "in_rotation": s.in_rotation}
-                for s in api.servers_state(haproxy.BACKEND)
+                for be in pools.backends(layout, haproxy.BACKEND)
+                for s in api.servers_state(be)
             }
+            row.update(pools.lb_status(layout, lb, api))
         except Exception as exc:  # report, do not hide, an LB that does not answer
             row["error"] = str(exc)
         finally:
             api.close()
         lb_rows.append(row)
     return {"dir": info["dir"], "state": info["state"], "subnet": info["subnet"],
-            "hosts": host_rows, "lbs": lb_rows, "prometheus": _prometheus_status(layout)}
+            "pools": info["pools"], "hosts": host_rows, "lbs": lb_rows,
+            "prometheus": _prometheus_status(layout)}
 
 
 def _prometheus_status(layout: Layout) -> dict[str, Any] | None:

@@ -36,11 +36,25 @@ class LbSpec:
     socket_url: str  # how a controller reaches it
     host: str | None
     metrics_port: int | None = None  # HAProxy's Prometheus exporter: 127.0.0.1:PORT/metrics
+    map_path: str | None = None  # `up --pools 2`: the pools map, as HAProxy on its host sees it
+    preview_port: int | None = None  # `up --pools 2`: frontend "preview" on 127.0.0.1:PORT
 
     @property
     def metrics_url(self) -> str | None:
         return None if self.metrics_port is None else \
             f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+
+POOL_NAMES = ("blue", "green")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSpec:
+    """One pool of app hosts (``up --pools 2``), served by its own backend ``app_<name>``."""
+
+    name: str
+    backend: str
+    hosts: tuple[str, ...]
 
 
 @dataclass
@@ -57,6 +71,7 @@ class Layout:
     procs: dict[str, dict[str, int]] = field(default_factory=dict)
     host_python: str = "/usr/bin/python3"
     prometheus_port: int | None = None  # `up --prometheus`: 127.0.0.1:PORT
+    n_pools: int = 1  # `up --pools 2`: blue (first half of the hosts) and green
 
     # --- derived names -----------------------------------------------------------------
     @property
@@ -93,6 +108,16 @@ class Layout:
     def lb_hosts(self) -> list[HostSpec]:
         """LBs after the first run on namespace hosts of their own (reached over SSH)."""
         return [self._host(f"lb{i}", 1 + i, "lb") for i in range(2, self.n_lbs + 1)]
+
+    @property
+    def pools(self) -> list[PoolSpec]:
+        """With ``--pools 2``: blue (the first half of the hosts, rounded up), then green."""
+        if self.n_pools < 2:
+            return []
+        names = [h.name for h in self.app_hosts]
+        half = (len(names) + 1) // 2
+        return [PoolSpec(pool, f"app_{pool}", tuple(part))
+                for pool, part in zip(POOL_NAMES, (names[:half], names[half:]), strict=True)]
 
     @property
     def all_hosts(self) -> list[HostSpec]:
@@ -173,8 +198,11 @@ class Layout:
             "bridge": self.bridge, "gateway": self.gateway,
             "hosts": [asdict(h) for h in self.app_hosts],
             "lb_hosts": [asdict(h) for h in self.lb_hosts],
-            "lbs": [asdict(lb) | {"frontend": f"127.0.0.1:{lb.port}", "metrics": lb.metrics_url}
+            "lbs": [asdict(lb) | {"frontend": f"127.0.0.1:{lb.port}", "metrics": lb.metrics_url,
+                                  "preview": None if lb.preview_port is None
+                                  else f"127.0.0.1:{lb.preview_port}"}
                     for lb in self.lbs],
+            "pools": [asdict(p) for p in self.pools],
             "inventory": str(self.inventory),
             "spec": str(self.path / "rollout.yml"),
             "canary_spec": str(self.path / "rollout-canary.yml"),
