@@ -185,15 +185,20 @@ def test_prometheus_config_scrapes_every_lb_each_second(tmp_path: Path) -> None:
 
 
 def test_prometheus_of_a_lab_is_found_by_its_exact_marker() -> None:
-    argv = [sys.executable, "-c", "import sys; sys.stdin.read()", prometheus.marker("rlab97")]
-    child = subprocess.Popen(argv, stdin=subprocess.PIPE)
+    argv = [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()",
+            prometheus.marker("rlab97")]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        # Its command line is the marker's only once it runs (before exec, /proc shows ours).
+        assert child.stdout is not None and child.stdout.readline() == "ready\n"
         assert [p.pid for p in prometheus.orphans("rlab97")] == [child.pid]
         assert prometheus.orphans("rlab9") == [] and prometheus.orphans("rlab970") == []
     finally:
         assert child.stdin is not None
         child.stdin.close()  # it exits at EOF
         child.wait(10)
+        assert child.stdout is not None
+        child.stdout.close()
     assert prometheus.orphans("rlab97") == []
 
 
