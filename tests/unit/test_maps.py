@@ -15,23 +15,10 @@ from rollout_py.balancer.maps import (
     show_map,
 )
 from rollout_py.errors import BalancerError, UnsafeNameError
+from rollout_py.testing import FakeTransport
 
 MAP = "/run/haproxy/pools.map"
 
-
-class FakeTransport:
-    url = "fake://"
-
-    def __init__(self, answers: dict[str, str] | None = None) -> None:
-        self.answers = answers or {}
-        self.sent: list[str] = []
-
-    def send(self, command: str) -> str:
-        self.sent.append(command)
-        return self.answers.get(command, "")
-
-    def close(self) -> None:
-        pass
 
 
 def api_with(answers: dict[str, str] | None = None) -> tuple[RuntimeAPI, FakeTransport]:

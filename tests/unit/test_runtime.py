@@ -7,6 +7,7 @@ import pytest
 from rollout_py.balancer import RuntimeAPI, parse_servers_state, parse_stat_csv, validate_name
 from rollout_py.balancer.transports import open_transport
 from rollout_py.errors import BalancerError, InputError, UnsafeNameError
+from rollout_py.testing import FakeTransport
 
 STATE = """1
 # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight \
@@ -18,20 +19,6 @@ srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
 3 app 3 app03 10.213.1.13 0 1 1 1 7 6 3 4 6 0 0 0 - 8080 - 0 0 - - 0
 """
 
-
-class FakeTransport:
-    url = "fake://"
-
-    def __init__(self, answers: dict[str, str]) -> None:
-        self.answers = answers
-        self.sent: list[str] = []
-
-    def send(self, command: str) -> str:
-        self.sent.append(command)
-        return self.answers.get(command, "")
-
-    def close(self) -> None:
-        pass
 
 
 def test_parse_servers_state_reads_admin_and_op_states() -> None:

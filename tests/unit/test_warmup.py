@@ -21,18 +21,7 @@ LBS = ("unix:///lb1.sock", "unix:///lb2.sock")
 
 
 def run(fleet: FakeFleet, **settings: Any) -> tuple[Engine, str]:
-    plan = make_plan(
-        name="t", version="2.0", fleet=HOSTS, targets=HOSTS, servers={h: h for h in HOSTS},
-        batches=[1], max_unavailable=None, current_versions={}, force=False, backend="app",
-        sockets=list(fleet.lbs), on_failure="rollback_batch", playbook="p.yml",
-        rollback_playbook=None, drain_timeout=0.05, pause_between_batches=0)
-    health = HealthSpec(deadline=0.05, interval=0.002, consecutive=1,
-                        probes=[HttpProbe(http="http://x")])
-    engine = Engine(plan, executor=fleet.executor(), balancer=fleet.balancer(),
-                    prober=fleet.prober(), checks=fleet.checks,
-                    settings=Settings(health=health, drain_timeout=0.05, up_timeout=0.05,
-                                      poll=0.001, known_versions=dict.fromkeys(HOSTS, "1.0"),
-                                      watch=False, **settings))
+    engine = make_engine(fleet, [], **settings)
     return engine, engine.run().status
 
 
@@ -90,7 +79,8 @@ def test_a_warm_up_cancelled_by_a_second_interrupt_rolls_the_batch_back_to_its_w
             holder[0].interrupt()
             holder[0].interrupt()
 
-    engine = _engine_with(fleet, interrupt_twice, holder)
+    engine = make_engine(fleet, [interrupt_twice], warmup=5, warmup_from=0.1)
+    holder.append(engine)
     result = engine.run()
     assert result.status == "cancelled"
     assert any(isinstance(e, ev.RollbackStarted) for e in engine.events)
@@ -98,7 +88,7 @@ def test_a_warm_up_cancelled_by_a_second_interrupt_rolls_the_batch_back_to_its_w
     assert all(per["h1"].admin == "READY" for per in fleet.servers.values())
 
 
-def _engine_with(fleet: FakeFleet, sink: Any, holder: list[Engine]) -> Engine:
+def make_engine(fleet: FakeFleet, sinks: list[Any], **settings: Any) -> Engine:
     plan = make_plan(
         name="t", version="2.0", fleet=HOSTS, targets=HOSTS, servers={h: h for h in HOSTS},
         batches=[1], max_unavailable=None, current_versions={}, force=False, backend="app",
@@ -106,11 +96,9 @@ def _engine_with(fleet: FakeFleet, sink: Any, holder: list[Engine]) -> Engine:
         rollback_playbook=None, drain_timeout=0.05, pause_between_batches=0)
     health = HealthSpec(deadline=0.05, interval=0.002, consecutive=1,
                         probes=[HttpProbe(http="http://x")])
-    engine = Engine(plan, executor=fleet.executor(), balancer=fleet.balancer(),
-                    prober=fleet.prober(), checks=fleet.checks,
-                    settings=Settings(health=health, drain_timeout=0.05, up_timeout=0.05,
-                                      poll=0.001, known_versions=dict.fromkeys(HOSTS, "1.0"),
-                                      watch=False, warmup=5, warmup_from=0.1),
-                    sinks=[sink])
-    holder.append(engine)
-    return engine
+    return Engine(plan, executor=fleet.executor(), balancer=fleet.balancer(),
+                  prober=fleet.prober(), checks=fleet.checks,
+                  settings=Settings(health=health, drain_timeout=0.05, up_timeout=0.05,
+                                    poll=0.001, known_versions=dict.fromkeys(HOSTS, "1.0"),
+                                    watch=False, **settings),
+                  sinks=sinks)
