@@ -37,6 +37,7 @@ LAZY_COMMANDS = {
     "pause": ("rollout_py.cli_controls", "pause",
               "Hold the running deploy at its next safe point (nothing out of rotation)."),
     "continue": ("rollout_py.cli_controls", "continue_", "End a pause of the running deploy."),
+    "flag": ("rollout_py.cli_flags", "flag", "Feature flags in flagd's format: check a file."),
 }
 
 

@@ -276,3 +276,24 @@ def test_to_json_is_stable_sorted_and_pretty() -> None:
     assert out.startswith('{\n  "$evaluators": {\n') and out.endswith("}\n")
     assert out.index('"color"') < out.index('"new-greeting"')
     assert '"fractional": [\n' in to_json(ramp(ff, "new-greeting", "on", 5))
+
+
+def test_rollout_flag_check_refuses_a_malformed_file_with_its_position_and_exit_2(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "flags.json"
+    bad.write_text('{"flags": {"new-greeting": {"state": "ENABLED", "variants": '
+                   '{"on": true, "off": false}, "defaultVariant": "onn"}}}\n')
+    proc = subprocess.run([sys.executable, "-m", "rollout_py", "flag", "check", str(bad)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert f"{bad}:1:" in proc.stderr and "'onn' is not one of the variants on, off" \
+        in proc.stderr
+    good = tmp_path / "good.json"
+    good.write_text(bad.read_text().replace('"onn"', '"off"'))
+    proc = subprocess.run([sys.executable, "-m", "rollout_py", "flag", "check", str(good)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "new-greeting: ENABLED, default off, no targeting" in proc.stdout
