@@ -235,6 +235,7 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
                       executor=executor, balancer=balancer,
                       install_signal_handlers=install_signal_handlers) as session:
         session.lock(deploy_id=deploy_id, message=f"deploy {spec.name} {version}")
+        _stop_earlier_leftovers(state, ctx)
         try:
             lbs = session.balancer
             versions = read_versions(ctx) if spec.version_url else {}
@@ -262,6 +263,16 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
                 shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
             _name_deploy(exc, deploy_id)
             raise
+
+
+def _stop_earlier_leftovers(state: StateDir, ctx: Context, last: int = 3) -> None:
+    """What a controller killed at its very end (after its journal closed, before its
+    clean-up) left of this fleet's earlier deploys: SSH masters that would linger for their
+    ControlPersist. Called with the fleet's lock held, so none of them is running."""
+    for record in state.deploys()[-last:]:
+        meta = record.meta()
+        if (meta.get("name"), meta.get("inventory")) == (ctx.spec.name, ctx.inventory_source):
+            stop_leftovers(record.runs, meta.get("control_dir"))
 
 
 def _name_deploy(exc: InputError, deploy_id: str) -> None:
