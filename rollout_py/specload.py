@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from rollout_py.errors import SpecError
+from rollout_py.errors import InputError, SpecError
 
 _FLOAT = "tag:yaml.org,2002:float"
 _STR = "tag:yaml.org,2002:str"
@@ -68,20 +68,27 @@ class Loaded:
         return self.source if exact is None else f"{self.source}:{exact.line}:{exact.column}"
 
 
-def read_spec_text(path: Path) -> str:
-    """The spec file's text; a file that is not UTF-8 text (a binary passed as ``-f``) is a
-    SpecError naming the first bad byte's line and column, not a UnicodeDecodeError."""
+def read_text(path: Path, *, what: str, hint: str,
+              error: type[InputError] = SpecError) -> str:
+    """A user file's text; one that is not UTF-8 text (a binary passed by mistake) is an
+    ``error`` naming the first bad byte's line and column, not a UnicodeDecodeError.
+    ``what``: "the rollout spec"; ``hint``: "a rollout spec is a YAML text file"."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read the rollout spec: {exc.strerror or exc}") from exc
+        raise error(f"{path}: cannot read {what}: {exc.strerror or exc}") from exc
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise SpecError(f"{path}:{line}:{column}: not a text file (byte 0x{raw[exc.start]:02x} "
-                        "is not UTF-8): a rollout spec is a YAML text file") from None
+        raise error(f"{path}:{line}:{column}: not a text file (byte 0x{raw[exc.start]:02x} "
+                    f"is not UTF-8): {hint}") from None
+
+
+def read_spec_text(path: Path) -> str:
+    """The spec file's text (see ``read_text``)."""
+    return read_text(path, what="the rollout spec", hint="a rollout spec is a YAML text file")
 
 
 def keeps_text(text: str, value: float) -> bool:

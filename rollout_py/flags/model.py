@@ -43,7 +43,7 @@ from typing import Any, Literal, cast
 from rollout_py.errors import FlagError, SpecError
 from rollout_py.flags.checks import check
 from rollout_py.flags.jsonpos import load_json
-from rollout_py.specload import Loaded, load_yaml
+from rollout_py.specload import Loaded, load_yaml, read_text
 
 State = Literal["ENABLED", "DISABLED"]
 Json = Any  # a JSON value: dict, list, str, int, float, bool or None
@@ -159,17 +159,7 @@ def parse_flags(data: Any, *, source: str = "<memory>",
 
 
 def _read(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise FlagError(f"{path}: cannot read the flag file: {exc.strerror or exc}") from exc
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise FlagError(f"{path}:{line}:{column}: not a text file (byte "
-                        f"0x{raw[exc.start]:02x} is not UTF-8): a flag file is JSON") from None
+    return read_text(path, what="the flag file", hint="a flag file is JSON", error=FlagError)
 
 
 def load_flags(path: str | Path) -> FlagFile:
