@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from rollout_py import events as ev
+from rollout_py.api_pools import PoolChoice, choice_from_meta, plan_args, pool_settings
+from rollout_py.api_pools import read_choice as read_pools
 from rollout_py.balancer.fleet import Balancer
 from rollout_py.balancer.runtime import validate_name
+from rollout_py.checks_for import haproxy_up_check, make_checks
 from rollout_py.controls import Control
 from rollout_py.engine import Engine, Settings, new_deploy_id
 from rollout_py.errors import BalancerError, InputError
@@ -26,14 +29,16 @@ from rollout_py.executor import Executor, previous_versions_from_artifacts
 from rollout_py.inventory import Inventory, InventoryHost
 from rollout_py.planner import Plan, make_plan
 from rollout_py.preflight import preflight, read_versions, version_reader
-from rollout_py.probes import Check, Prober
+from rollout_py.probes import Prober
 from rollout_py.procs import stop_leftovers
 from rollout_py.redact import Redactor
 from rollout_py.result import DeployResult
 from rollout_py.session import FleetSession, open_balancer, redactor_for, ssh_options_for
-from rollout_py.spec import HAProxyProbe, HttpProbe, Spec, TcpProbe, load_spec
+from rollout_py.shaping import shaping_for
+from rollout_py.spec import Spec, load_spec
 from rollout_py.state import StateDir, digest
 from rollout_py.steps import describe_gate
+from rollout_py.switch import PoolSettings
 from rollout_py.validate import validate_version
 
 __all__ = ["Context", "deploy", "load_spec", "open_balancer", "plan", "resume",
@@ -75,10 +80,20 @@ class Context:
     def host(self, name: str) -> InventoryHost:
         return next(h for h in self.fleet if h.name == name)
 
+    def narrowed(self, hosts: Sequence[str]) -> Context:
+        """The same spec and inventory with ``hosts`` as the fleet (blue/green: the idle
+        pool)."""
+        keep = set(hosts)
+        fleet = [h for h in self.fleet if h.name in keep]
+        return Context(self.spec, self.inventory, self.inventory_source, fleet,
+                       [h for h in self.targets if h.name in keep],
+                       {h.name: self.servers[h.name] for h in fleet})
+
 
 def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str | None = None,
          force: bool = False, current_versions: Mapping[str, str | None] | None = None,
-         context: Context | None = None, order: Sequence[str] | None = None) -> Plan:
+         context: Context | None = None, order: Sequence[str] | None = None,
+         pools: PoolChoice | None = None) -> Plan:
     """What ``deploy`` will do. Reads the inventory; touches no host and no load balancer
     (with ``haproxy.drain_order: fewest_sessions`` it reads every LB's sessions, unless
     ``order`` gives the hosts' order: a resume gives the one its deploy started with).
@@ -89,6 +104,11 @@ def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str |
     """
     validate_version(version)
     ctx = context or Context.resolve(spec, inventory=inventory, limit=limit)
+    extra: dict[str, Any] = {"backend": spec.haproxy.backend}
+    if spec.strategy == "blue_green":  # the idle pool, as every LB's map says now
+        pools = pools or _read_pools(spec, ctx)
+        extra = plan_args(spec, pools)
+        ctx = ctx.narrowed(pools.hosts[pools.idle])
     targets = [h.name for h in ctx.targets]
     if order is None and spec.haproxy.drain_order == "fewest_sessions":
         order = fewest_sessions_first(spec, ctx)
@@ -99,7 +119,7 @@ def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str |
         name=spec.name, version=version, fleet=[h.name for h in ctx.fleet],
         targets=targets, servers=ctx.servers, batches=spec.batches,
         max_unavailable=spec.max_unavailable, current_versions=current_versions or {},
-        force=force, backend=spec.haproxy.backend, sockets=spec.haproxy.sockets,
+        force=force, sockets=spec.haproxy.sockets, **extra,
         on_failure=spec.on_failure, playbook=str(spec.path(spec.playbook)),
         rollback_playbook=(str(spec.path(spec.rollback_playbook))
                            if spec.rollback_playbook else None),
@@ -110,6 +130,18 @@ def plan(spec: Spec, *, version: str, inventory: str | None = None, limit: str |
         gates=[describe_gate(g) for g in spec.analysis.gates] if spec.analysis else (),
         soak=spec.health.soak, interval=spec.analysis.interval if spec.analysis else None,
     )
+
+
+def _read_pools(spec: Spec, ctx: Context) -> PoolChoice:
+    """Which pool is live, read from every LB (read-only)."""
+    from rollout_py.balancer.routes import MapRouter
+
+    assert spec.blue_green is not None
+    lbs = open_balancer(spec)
+    try:
+        return read_pools(spec, ctx, MapRouter(lbs.apis, spec.blue_green.map))
+    finally:
+        lbs.close()
 
 
 def fewest_sessions_first(spec: Spec, ctx: Context) -> list[str]:
@@ -142,54 +174,6 @@ def lb_weights(spec: Spec, the_plan: Plan) -> dict[str, dict[str, int]] | None:
         return None
     finally:
         lbs.close()
-
-
-def make_checks(ctx: Context, extravars: Mapping[str, Any]
-                ) -> Callable[[str, str], tuple[list[Check], list[Check]]]:
-    """Renders every probe of the spec for a host and a version (``rollout_version``)."""
-    spec = ctx.spec
-
-    def checks(host: str, version: str) -> tuple[list[Check], list[Check]]:
-        ih = ctx.host(host)
-        extra = {**extravars, "rollout_version": version}
-        before, after = [], []
-        for probe in spec.health.probes:
-            if isinstance(probe, HAProxyProbe):
-                after.append(Check("haproxy", ctx.servers[host], probe))
-                continue
-            if isinstance(probe, HttpProbe):
-                kind, target = "http", probe.http
-            elif isinstance(probe, TcpProbe):
-                kind, target = "tcp", probe.tcp
-            else:
-                kind, target = "command", probe.command
-            rendered = ctx.inventory.render(target, ih, extra)
-            if isinstance(probe, HttpProbe) and (probe.body or probe.match):
-                probe = probe.model_copy(update={
-                    "body": ctx.inventory.render(probe.body, ih, extra) if probe.body else None,
-                    "match": ctx.inventory.render(probe.match, ih, extra) if probe.match
-                    else None})
-            before.append(Check(kind, rendered, probe))
-        return before, after
-
-    return checks
-
-
-def haproxy_up_check(balancer: Balancer) -> Callable[[str], str | None]:
-    from rollout_py.balancer.fleet import not_up
-
-    def up(server: str) -> str | None:
-        try:
-            states = balancer.states()
-        except BalancerError as exc:
-            return str(exc)
-        if not_up(states, [server]):
-            detail = ", ".join(f"{url}: {per[server].op}/{per[server].admin}"
-                               for url, per in states.items() if server in per)
-            return f"not UP on every LB ({detail})"
-        return None
-
-    return up
 
 
 def _spec_snapshot(spec: Spec, redactor: Redactor) -> dict[str, Any]:
@@ -236,17 +220,21 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
                       install_signal_handlers=install_signal_handlers) as session:
         session.lock(deploy_id=deploy_id, message=f"deploy {spec.name} {version}")
         _stop_earlier_leftovers(state, ctx)
+        full, choice = ctx, None
         try:
+            if spec.strategy == "blue_green":  # the idle pool is the fleet of this deploy
+                choice = read_pools(spec, ctx, session.router())
+                session.backend, ctx = choice.idle, ctx.narrowed(choice.hosts[choice.idle])
             lbs = session.balancer
             versions = read_versions(ctx) if spec.version_url else {}
             the_plan = plan(spec, version=version, force=force, current_versions=versions,
-                            context=ctx)
+                            context=ctx, pools=choice)
             control_dir = f"/tmp/rollout-cp-{deploy_id}"
             snapshot = _spec_snapshot(spec, session.redactor)
             record = state.create(deploy_id, meta={
                 "name": spec.name, "version": version, "inventory": ctx.inventory_source,
                 "limit": limit, "force": force, "spec_file": spec.source,
-                "strategy": spec.strategy,
+                "strategy": spec.strategy, "pools": choice.to_meta() if choice else None,
                 "control_dir": control_dir, "spec_digest": digest(snapshot),
                 "plan_digest": digest(the_plan.identity()),
                 "extravars": session.redactor.data(session.plain_vars),
@@ -254,10 +242,14 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
             runner = session.executor(runs=record.runs, control_dir=control_dir)
             preflight(ctx, the_plan, executor=runner, balancer=lbs, force=force,
                       allow_no_rollback=allow_no_rollback, state=state)
+            if (shaping := shaping_for(spec, lbs)) is not None:
+                shaping.preflight()  # the map is loaded on every LB
             return session.run(lambda all_sinks: _engine(
                 ctx, the_plan, runner, lbs, session.all_vars, versions, force_drain,
                 all_sinks, deploy_id, session.redactor, ignore_metrics=ignore_metrics,
-                controls=session.controls(deploy_id)), record.journal)
+                controls=session.controls(deploy_id),
+                pools=pool_settings(spec, full, choice, session.router(), version)
+                if choice else None), record.journal)
         except InputError as exc:
             if record is not None and not session.started:
                 shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
@@ -285,12 +277,13 @@ def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
             all_vars: Mapping[str, Any], versions: Mapping[str, str | None], force_drain: bool,
             sinks: Sequence[Callable[[ev.Event], None]], deploy_id: str,
             redactor: Redactor, *, ignore_metrics: bool = False,
-            controls: Callable[[], Sequence[Control]] | None = None) -> Engine:
+            controls: Callable[[], Sequence[Control]] | None = None,
+            pools: PoolSettings | None = None) -> Engine:
     from rollout_py.analysis.prometheus import query as prom_query
 
     spec = ctx.spec
     prober = Prober(executor.run_command, haproxy_up_check(lbs))
-    return Engine(
+    engine = Engine(
         the_plan, executor=executor, balancer=lbs, prober=prober,
         checks=make_checks(ctx, all_vars),
         settings=Settings(health=spec.health, drain_timeout=spec.haproxy.drain_timeout,
@@ -301,8 +294,11 @@ def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
                           switch_tags=spec.stage.switch_tags if spec.stage else None,
                           analysis=spec.analysis, prometheus=prom_query,
                           ignore_metrics=ignore_metrics, controls=controls,
-                          warmup=spec.haproxy.warmup, warmup_from=spec.haproxy.warmup_from),
+                          warmup=spec.haproxy.warmup, warmup_from=spec.haproxy.warmup_from,
+                          pools=pools, watch=pools is None),
         sinks=sinks, deploy_id=deploy_id, redactor=redactor)
+    engine.shaping = shaping_for(spec, lbs)  # map entries held while it runs
+    return engine
 
 
 def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
@@ -345,11 +341,21 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
     if digest(_spec_snapshot(spec, redactor)) != meta["spec_digest"]:
         raise InputError(f"the spec changed since deploy {record.deploy_id} started; resume "
                          "refuses to run a different spec (restore it, or start a new deploy)")
-    ctx = Context.resolve(spec, inventory=meta["inventory"], limit=meta.get("limit"))
+    full = ctx = Context.resolve(spec, inventory=meta["inventory"], limit=meta.get("limit"))
     started = next(e for e in events if isinstance(e, ev.DeployStarted))
-    the_plan = plan(spec, version=meta["version"], force=bool(meta.get("force")),
-                    current_versions=started.versions, context=ctx,
-                    order=[h for batch in started.batches for h in batch])
+    pooled = meta.get("strategy") in ("blue_green", "switch_back")
+    choice = choice_from_meta(spec, ctx, meta) if pooled else None
+    if choice is not None:
+        ctx = ctx.narrowed(choice.hosts[choice.idle])
+    if meta.get("strategy") == "switch_back":
+        from rollout_py.api_switch import plan_for
+
+        assert choice is not None
+        the_plan = plan_for(spec, full, choice)
+    else:
+        the_plan = plan(spec, version=meta["version"], force=bool(meta.get("force")),
+                        current_versions=started.versions, context=ctx, pools=choice,
+                        order=[h for batch in started.batches for h in batch])
     # identity() has no prose; deploys started before it existed recorded the whole to_json().
     if meta["plan_digest"] not in (digest(the_plan.identity()), digest(the_plan.to_json())):
         old = [tuple(b["hosts"]) for b in record.snapshot("plan")["batches"]]
@@ -365,13 +371,19 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
         stop_leftovers(record.runs, meta.get("control_dir"))
         known = {**previous_versions_from_artifacts(record.runs), **started.versions}
         runner = session.executor(runs=record.runs, control_dir=meta.get("control_dir"))
+        if choice is not None:
+            session.backend = choice.idle
         lbs = session.balancer
+        pools = pool_settings(spec, full, choice, session.router(), meta["version"]) \
+            if choice else None
+        if pools is not None and meta.get("strategy") == "switch_back":
+            pools.preview, pools.baseline_seconds = (), 0.0
 
         def engine(all_sinks: Sequence[Callable[[ev.Event], None]]) -> Engine:
             built = _engine(ctx, the_plan, runner, lbs, session.all_vars, known, False,
                             all_sinks, record.deploy_id, session.redactor,
                             ignore_metrics=ignore_metrics,
-                            controls=session.controls(record.deploy_id))
+                            controls=session.controls(record.deploy_id), pools=pools)
             if not continue_:
                 built.stop_after_reconcile()
             return built

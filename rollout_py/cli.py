@@ -37,7 +37,10 @@ LAZY_COMMANDS = {
     "pause": ("rollout_py.cli_controls", "pause",
               "Hold the running deploy at its next safe point (nothing out of rotation)."),
     "continue": ("rollout_py.cli_controls", "continue_", "End a pause of the running deploy."),
-    "flag": ("rollout_py.cli_flags", "flag", "Feature flags in flagd's format: check a file."),
+    "switch-back": ("rollout_py.cli_pools", "switch_back",
+                    "Blue/green: switch every LB's live route back to the other pool, at once."),
+    "flag": ("rollout_py.cli_flags", "flag",
+             "Feature flags in flagd's format: check a file; list, set, ramp, kill on the fleet."),
 }
 
 
@@ -145,9 +148,14 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
         data = the_plan.to_json()
         if weights is not None:
             data["lb_weights"] = weights
+        if spec.haproxy.shaping is not None:  # rollout_py.shaping
+            data["shaping"] = {**spec.haproxy.shaping.model_dump(),
+                               "actions": spec.haproxy.shaping.describe()}
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo("\n".join(plan_lines(the_plan, weights)))
+        if spec.haproxy.shaping is not None:
+            click.echo("\n".join(f"shaping: {line}" for line in spec.haproxy.shaping.describe()))
     return EXIT_OK
 
 

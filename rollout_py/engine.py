@@ -13,7 +13,6 @@ running step and rolls the batch back at once. A rollback itself is never cancel
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import threading
 import time
@@ -24,7 +23,7 @@ from typing import Any
 from rollout_py import events as ev
 from rollout_py.balancer.fleet import Balancer, wait_until
 from rollout_py.batch import BatchSteps
-from rollout_py.errors import BalancerError, JournalError
+from rollout_py.errors import JournalError
 from rollout_py.executor import Executor
 from rollout_py.health_watch import HealthWatch
 from rollout_py.planner import Plan, PlannedBatch
@@ -42,7 +41,9 @@ from rollout_py.saga import (
     Sink,
     Stopped,
 )
+from rollout_py.shaping import Shaping  # shaping: map entries held while it runs
 from rollout_py.steps import TrafficStep
+from rollout_py.switch import SwitchSteps
 from rollout_py.takeover import ResumeSteps
 from rollout_py.traffic import TrafficSteps
 from rollout_py.undo import UndoSteps
@@ -54,7 +55,7 @@ def new_deploy_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
+class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, ResumeSteps):
     """Runs a Plan. Every side effect goes through the executor, balancer and prober seams.
 
     Example:
@@ -63,6 +64,8 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         >>> engine.run().status  # doctest: +SKIP
         'succeeded'
     """
+
+    shaping: Shaping | None = None  # shaping: set by api._engine (rollout_py.shaping)
 
     def __init__(self, plan: Plan, *, executor: Executor, balancer: Balancer, prober: Prober,
                  checks: ChecksFor, settings: Settings, sinks: Sequence[Sink] = (),
@@ -188,8 +191,12 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
                           batches=tuple(b.hosts for b in plan.batches),
                           skipped=dict(plan.skipped), versions=dict(self._previous))
                 start = 0
+                if not plan.batches:  # e.g. a switch-back: its steps come before any batch
+                    self._traffic_from = 0
             else:
                 start = self._resume(list(resume), done, state)
+            if self.shaping is not None:  # shaping: after the start or resume, before a drain
+                self.shaping.start(self.emit, self.events)
             if not state.failed and resume is None and self.settings.stage_tags:
                 self._stage(state)
             if not state.failed:
@@ -233,8 +240,7 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
             ignore_metrics=s.ignore_metrics)
 
     def _end_watch(self) -> None:
-        if self._watch is not None:
-            self._watch.stop()
+        self._watch.stop() if self._watch is not None else None
 
     def _loop(self, start: int, done: list[Applied], state: RunState) -> None:
         """Executes the plan's steps from batch ``start`` (0-based) on; ``traffic_from``
@@ -258,13 +264,6 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
             self._restore_weights_if_changed()
             raise
         self._restore_weights_if_changed()
-
-    def _restore_weights_if_changed(self) -> None:
-        # Not after kill -9, of course: then resume restores them from the journal. An LB
-        # lost now: the same.
-        if self._weights_dirty and not self._journal_failed:
-            with contextlib.suppress(BalancerError):
-                self._restore_weights()
 
     def _batch_step(self, batch: PlannedBatch, rest: Sequence[PlannedBatch | TrafficStep],
                     done: list[Applied], state: RunState) -> bool:
@@ -303,8 +302,10 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
             if step is None:
                 self._check_running()
                 return True
-            self._traffic(step)
-            if step == [t for t in self.plan.traffic if t.batch == step.batch][-1]:
+            if not self._pool_step(step):
+                self._traffic(step)
+            if step.batch and step == [t for t in self.plan.traffic
+                                       if t.batch == step.batch][-1]:
                 self._watch_batch(self.plan.batches[step.batch - 1])  # judged: now watched
             return True
         except Stopped:
@@ -319,6 +320,9 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         state.failed, state.cause = True, cause
         if failure in RETRYABLE:  # e.g. the capacity to shape traffic is missing: retry
             state.resumable = True
+            return False
+        if not self._switch_back_if_switched(cause):  # blue/green: never roll back a live pool
+            state.resumable, state.cause = True, f"{cause}; {self._last_switch_back_error}"
             return False
         named = {a.batch.index for a in done if set(a.batch.hosts) & set(hosts)} | {judged}
         self._roll_back_batches(done, named - {judged}, failure, cause, state,
@@ -385,6 +389,8 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, ResumeSteps):
         resumable = state.resumable or status in ("stopped", "cancelled") or (
             status == "failed" and any(isinstance(e, ev.RollbackFinished) and e.stranded
                                        and e.failure in RETRYABLE for e in self._events))
+        if self.shaping is not None and not self._journal_failed:  # shaping: put back
+            self.shaping.finish(self.emit, self.events)
         self.emit(ev.DeployFinished, status=status, exit_code=EXIT_CODES[status], cause=cause,
                   stranded=tuple(dict.fromkeys(state.stranded)), resumable=resumable)
         return fold(self._events)

@@ -7,7 +7,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rollout_py.errors import InputError
-from rollout_py.steps import Analyse, Pause, RestoreWeights, SetWeight, TrafficStep, step_line
+from rollout_py.steps import (
+    Analyse,
+    CheckPreview,
+    Pause,
+    RestoreWeights,
+    ScaleDown,
+    SetWeight,
+    Switch,
+    TrafficStep,
+    step_line,
+)
 
 
 def _size(value: int | str, total: int) -> int:
@@ -60,13 +70,14 @@ class Plan:
     drain_timeout: float
     pause_between_batches: float
     strategy: str = "rolling"
-    traffic: tuple[TrafficStep, ...] = ()  # each after its batch (``step.batch``)
+    traffic: tuple[TrafficStep, ...] = ()  # each after its batch (``step.batch``; 0: first)
     interval: float | None = None  # analysis window, seconds
+    live_backend: str | None = None  # blue/green: the pool live now (``backend`` is the idle)
 
     @property
     def steps(self) -> tuple[PlannedBatch | TrafficStep, ...]:
         """Every step in order: each batch, then the traffic steps that act on it."""
-        out: list[PlannedBatch | TrafficStep] = []
+        out: list[PlannedBatch | TrafficStep] = [t for t in self.traffic if t.batch == 0]
         for batch in self.batches:
             out.append(batch)
             out += [t for t in self.traffic if t.batch == batch.index]
@@ -138,7 +149,9 @@ def make_plan(*, name: str, version: str, fleet: Sequence[str], targets: Sequenc
               pause_between_batches: float, strategy: str = "rolling",
               canary_hosts: int | str | None = None, canary_steps: Sequence[Any] = (),
               gates: Sequence[str] = (), soak: float = 0,
-              interval: float | None = None) -> Plan:
+              interval: float | None = None, live_backend: str | None = None,
+              post_switch: float = 0,
+              scale_down: tuple[float, Sequence[str]] | None = None) -> Plan:
     """Builds the plan; raises InputError when no valid plan exists.
 
     Example:
@@ -152,6 +165,8 @@ def make_plan(*, name: str, version: str, fleet: Sequence[str], targets: Sequenc
     """
     skipped = {}
     todo = []
+    if strategy == "blue_green":  # the idle pool is deployed whole, whatever it runs now
+        force, batches, max_unavailable = True, [len(targets) or 1], len(targets) or 1
     for host in targets:
         if not force and current_versions.get(host) == version:
             skipped[host] = f"already at {version}"
@@ -182,9 +197,35 @@ def make_plan(*, name: str, version: str, fleet: Sequence[str], targets: Sequenc
         servers=dict(servers), batches=tuple(planned), skipped=skipped, max_unavailable=limit,
         on_failure=on_failure, playbook=playbook, rollback_playbook=rollback_playbook,
         drain_timeout=drain_timeout, pause_between_batches=pause_between_batches,
-        strategy=strategy, interval=interval,
-        traffic=_traffic_steps(strategy, len(planned), canary_steps, tuple(gates), soak),
+        strategy=strategy, interval=interval, live_backend=live_backend,
+        traffic=(_pool_steps(backend, live_backend, tuple(gates), post_switch, scale_down)
+                 if strategy == "blue_green" and live_backend and planned else
+                 _traffic_steps(strategy, len(planned), canary_steps, tuple(gates), soak)),
     )
+
+
+def _pool_steps(idle: str, live: str, gates: tuple[str, ...], post_switch: float,
+                scale_down: tuple[float, Sequence[str]] | None) -> tuple[TrafficStep, ...]:
+    """Blue/green, after the idle pool's batch: preview, switch, post-switch analysis (and
+    switch back on failure), scale-down of the old pool."""
+    out: list[TrafficStep] = [CheckPreview(2, 1), Switch(3, 1, live, idle)]
+    if post_switch > 0:
+        out.append(Analyse(4, 1, post_switch, "post_switch", gates))
+    if scale_down is not None:
+        out.append(ScaleDown(len(out) + 2, 1, live, tuple(scale_down[1]), scale_down[0]))
+    return tuple(out)
+
+
+def switch_back_plan(*, name: str, live: str, to: str, sockets: Sequence[str],
+                     servers: Mapping[str, str], fleet: Sequence[str]) -> Plan:
+    """``rollout switch-back``: the old pool's floor checked, then every LB switched to it.
+    ``servers`` are the old pool's (the one switched to)."""
+    return Plan(name=name, version="-", backend=to, sockets=tuple(sockets),
+                fleet=tuple(fleet), servers=dict(servers), batches=(), skipped={},
+                max_unavailable=0, on_failure="rollback_batch", playbook="-",
+                rollback_playbook=None, drain_timeout=0, pause_between_batches=0,
+                strategy="switch_back", live_backend=live,
+                traffic=(CheckPreview(1, 0, requests=False), Switch(2, 0, live, to)))
 
 
 def _traffic_steps(strategy: str, batches: int, canary_steps: Sequence[Any],

@@ -10,7 +10,9 @@ from typing import IO, Any
 from rollout_py import events as ev
 from rollout_py.errors import InputError
 from rollout_py.planner import Plan, PlannedBatch
+from rollout_py.report_pools import pool_line
 from rollout_py.result import DeployResult
+from rollout_py.shaping import shaping_line
 from rollout_py.steps import SetWeight, step_line
 from rollout_py.weights import shape
 
@@ -22,6 +24,9 @@ def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = Non
     lines = [f"plan {plan.name}: version {plan.version}, {len(plan.hosts)} of {len(plan.fleet)} "
              f"hosts in {len(plan.batches)} batches ({plan.strategy}); max_unavailable "
              f"{plan.max_unavailable}"]
+    if plan.live_backend:
+        lines.append(f"  pools: live {plan.live_backend} (read from every LB), deploying to "
+                     f"the idle {plan.backend}")
     for host, why in plan.skipped.items():
         lines.append(f"  skip {host}: {why}")
     for step in plan.steps:
@@ -138,9 +143,11 @@ def _console_line(e: ev.Event) -> str | None:
         case ev.MetricsUnavailable():
             return (f"WARNING: {e.gate}: metrics unavailable, passed under "
                     f"--ignore-metrics-unavailable: {e.detail}")
+        case ev.ShapingRecorded() | ev.ShapingSet() | ev.ShapingCleared():
+            return shaping_line(e)
         case ev.DeployFinished():
             return None
-    return None
+    return pool_line(e)
 
 
 def _weights(weights: Mapping[str, Mapping[str, int]]) -> str:

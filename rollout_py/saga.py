@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollout_py import events as ev
 from rollout_py.balancer.fleet import Balancer, Recorded, Snapshot, not_up
@@ -19,6 +19,9 @@ from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.probes import Check, Prober
 from rollout_py.spec import HealthSpec
 from rollout_py.spec_canary import AnalysisSpec
+
+if TYPE_CHECKING:
+    from rollout_py.switch import PoolSettings
 
 Sink = Callable[[ev.Event], None]
 # url, query, timeout -> the number the query answers, or why there is none
@@ -68,6 +71,7 @@ class Settings:
     watch: bool = True  # continuous health over batches back in rotation
     warmup: float = 0  # seconds over which an enabled batch's weights ramp up (0: off)
     warmup_from: float = 0.1  # the share of its recorded weight it starts at
+    pools: PoolSettings | None = None  # blue/green: the router, the old pool, the checks
 
 
 @dataclass

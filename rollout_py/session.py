@@ -40,6 +40,7 @@ from rollout_py.state import Journal, StateDir
 
 if TYPE_CHECKING:
     from rollout_py.api import Context
+    from rollout_py.balancer.routes import Router
     from rollout_py.engine import Engine
 
 Sink = Callable[[ev.Event], None]
@@ -69,12 +70,19 @@ def ssh_options_for(spec: Spec) -> Callable[[str], SshOptions]:
     return options
 
 
-def open_balancer(spec: Spec) -> HAProxyFleet:
-    """The runtime APIs of every LB the spec names, for its backend."""
+def lease_backends(spec: Spec) -> list[str]:
+    """The backends whose fleet lease a command holds: the spec's, or both pools'."""
+    if spec.blue_green is not None:
+        return sorted(p.backend for p in spec.blue_green.pools.values())
+    return [spec.haproxy.backend]
+
+
+def open_balancer(spec: Spec, backend: str | None = None) -> HAProxyFleet:
+    """The runtime APIs of every LB the spec names, for its backend (or ``backend``)."""
     options = ssh_options_for(spec)
     apis = [RuntimeAPI(open_transport(url, ssh=options(urlsplit(url).hostname or "")))
             for url in spec.haproxy.sockets]
-    return HAProxyFleet(apis, spec.haproxy.backend)
+    return HAProxyFleet(apis, backend or spec.haproxy.backend)
 
 
 def redactor_for(spec: Spec, extravars: Mapping[str, Any], names: Sequence[str]) -> Redactor:
@@ -114,7 +122,7 @@ class FleetSession:
                  secret_names: Sequence[str], verbosity: int = 0, lock_wait: float = 0.0,
                  sinks: Sequence[Sink] = (), on_event: Sink | None = None,
                  executor: Executor | None = None, balancer: Balancer | None = None,
-                 install_signal_handlers: bool = True) -> None:
+                 install_signal_handlers: bool = True, router: Router | None = None) -> None:
         spec = ctx.spec
         self.ctx, self.spec, self.state = ctx, spec, state
         self.all_vars: dict[str, Any] = {**spec.vars, **extravars, "rollout_hosts": spec.hosts}
@@ -133,7 +141,11 @@ class FleetSession:
              for w in spec.notify.webhooks], redact=self.redactor.text) \
             if spec.notify.webhooks else None
         self._lock: FleetLock | None = None
-        self._lease: FleetLease | None = None
+        self._leases: list[FleetLease] = []
+        self.backend = spec.haproxy.backend
+        self._given_router = router
+        self._router: Router | None = None
+        self._router_lbs: HAProxyFleet | None = None
         self._balancer: Balancer | None = None
         self._executor: Executor | None = None
         self._journal: Journal | None = None
@@ -147,20 +159,34 @@ class FleetSession:
                                fleet_key(self.spec.name, self.ctx.inventory_source))
         self._lock.acquire(deploy_id=deploy_id, message=message, wait=self.lock_wait)
         if self._given_balancer is None:  # doubles in tests have no LB to hold a lease on
-            try:
-                self._lease = acquire_fleet_lease(
-                    self.spec.haproxy.sockets, self.spec.haproxy.backend,
-                    ssh=ssh_options_for(self.spec), deploy_id=deploy_id, message=message,
-                    wait=self.lock_wait)
+            try:  # blue/green: both pools' backends (a rolling deploy of either is excluded)
+                for backend in lease_backends(self.spec):
+                    self._leases.append(acquire_fleet_lease(
+                        self.spec.haproxy.sockets, backend,
+                        ssh=ssh_options_for(self.spec), deploy_id=deploy_id, message=message,
+                        wait=self.lock_wait))
             except BalancerError as exc:  # an LB we cannot reach: refused, nothing touched
                 raise PreflightError(f"preflight refused: cannot take the fleet lease: {exc}"
                                      ) from exc
 
     @property
     def balancer(self) -> Balancer:
+        """The backend's LBs (blue/green: set ``backend`` to the idle pool's first)."""
         if self._balancer is None:
-            self._balancer = self._given_balancer or open_balancer(self.spec)
+            self._balancer = self._given_balancer or open_balancer(self.spec, self.backend)
         return self._balancer
+
+    def router(self) -> Router:
+        """Blue/green: the pools map on every LB, over the balancer's connections."""
+        from rollout_py.balancer.routes import MapRouter
+
+        if self._given_router is not None:
+            return self._given_router
+        assert self.spec.blue_green is not None
+        if self._router is None:
+            self._router_lbs = open_balancer(self.spec)
+            self._router = MapRouter(self._router_lbs.apis, self.spec.blue_green.map)
+        return self._router
 
     def controls(self, deploy_id: str) -> Callable[[], Sequence[Control]]:
         """The operator controls sent to this deploy (``rollout promote``...), each once;
@@ -203,14 +229,16 @@ class FleetSession:
             self._executor.close()
         if self._given_balancer is None and self._balancer is not None:
             self._balancer.close()
+        if self._router_lbs is not None:
+            self._router_lbs.close()
         if self.notifier is not None:
             self.notifications = self.notifier.close(wait=15)
             if self._journal is not None:  # kept beside the journal: nothing lost unsaid
                 with contextlib.suppress(OSError):
                     (self._journal.path.parent / "notifications.json").write_text(
                         json.dumps(self.notifications, indent=2, sort_keys=True) + "\n")
-        if self._lease is not None:
-            self._lease.release()
+        for lease in reversed(self._leases):
+            lease.release()
         if self._lock is not None:
             self._lock.release()
 

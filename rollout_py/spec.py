@@ -24,6 +24,9 @@ from pydantic import (
 
 from rollout_py.errors import SpecError
 from rollout_py.spec_canary import AnalysisSpec, CanarySpec, dispatch, share
+from rollout_py.spec_flags import FlagsSpec
+from rollout_py.spec_pools import BlueGreenSpec
+from rollout_py.spec_shaping import ShapingSpec
 from rollout_py.specload import Loaded, load_yaml, read_spec_text, split_leading_path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -157,6 +160,7 @@ class HAProxySpec(_Model):
     warmup_from: float = 0.1
     # Which hosts go first: the inventory's order, or those with the fewest sessions now.
     drain_order: Literal["inventory", "fewest_sessions"] = "inventory"
+    shaping: ShapingSpec | None = None  # map entries held while a deploy runs (spec_shaping)
 
     @field_validator("warmup_from", mode="before")
     @classmethod
@@ -237,9 +241,11 @@ class Spec(_Model):
     stage: StageSpec | None = None
     haproxy: HAProxySpec
     health: HealthSpec = HealthSpec()
-    strategy: Literal["rolling", "canary"] = "rolling"
+    strategy: Literal["rolling", "canary", "blue_green"] = "rolling"
     canary: CanarySpec | None = None
+    blue_green: BlueGreenSpec | None = None
     analysis: AnalysisSpec | None = None
+    flags: FlagsSpec | None = None
     # Where the spec came from (set by load_spec; not a YAML key).
     source: str = Field("<memory>", exclude=True)
     base_dir: str = Field(".", exclude=True)
@@ -274,6 +280,14 @@ class Spec(_Model):
             raise ValueError("canary: required by strategy: canary (the canary hosts and steps)")
         if self.strategy != "canary" and self.canary is not None:
             raise ValueError("strategy: the canary section needs strategy: canary")
+        if self.strategy == "blue_green" and self.blue_green is None:
+            raise ValueError("blue_green: required by strategy: blue_green (the two pools and "
+                             "the map that routes between them)")
+        if self.strategy != "blue_green" and self.blue_green is not None:
+            raise ValueError("strategy: the blue_green section needs strategy: blue_green")
+        if self.blue_green and self.blue_green.analysis_duration and self.analysis is None:
+            raise ValueError("analysis: blue_green.analysis_duration needs an analysis section "
+                             "(interval, min_requests, gates); or set analysis_duration: 0")
         steps = self.canary.steps if self.canary else []
         if self.analysis is None and any(hasattr(s, "analysis") for s in steps):
             raise ValueError("analysis: the canary's analysis steps need an analysis section "

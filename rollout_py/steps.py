@@ -4,7 +4,10 @@ A ``PlannedBatch`` (rollout_py.planner) is itself a step: drain, upgrade, verify
 with their undo. The traffic steps act on a batch already back in rotation: ``SetWeight``
 gives its servers a share of the backend's requests on every LB, ``Analyse`` judges it
 against its gates, ``Pause`` holds (nothing out of rotation) and ``RestoreWeights`` puts every
-server's recorded weight back.
+server's recorded weight back. Blue/green (``rollout_py.switch``): ``CheckPreview`` sends
+requests through the LB's preview route to the idle pool, ``Switch`` points every LB's live
+route at another pool, an ``Analyse`` of purpose ``post_switch`` judges the new pool against
+the old one's windows before the switch, and ``ScaleDown`` retires the old pool.
 """
 
 from __future__ import annotations
@@ -56,7 +59,40 @@ class RestoreWeights:
     kind: Literal["restore_weights"] = "restore_weights"
 
 
-TrafficStep = SetWeight | Analyse | Pause | RestoreWeights
+@dataclass(frozen=True, slots=True)
+class CheckPreview:
+    """The idle pool's capacity floor, then requests through the preview route on every LB."""
+
+    step: int
+    batch: int
+    requests: bool = True  # False: the floor only (a switch-back: the preview route is live)
+    kind: Literal["preview"] = "preview"
+
+
+@dataclass(frozen=True, slots=True)
+class Switch:
+    """Every LB's live route (map entry, and the map file on its host) to ``to_backend``."""
+
+    step: int
+    batch: int
+    from_backend: str
+    to_backend: str
+    kind: Literal["switch"] = "switch"
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleDown:
+    """Holds ``after`` seconds, then runs the scale-down playbook on the old pool's hosts."""
+
+    step: int
+    batch: int
+    backend: str
+    hosts: tuple[str, ...]
+    after: float
+    kind: Literal["scale_down"] = "scale_down"
+
+
+TrafficStep = SetWeight | Analyse | Pause | RestoreWeights | CheckPreview | Switch | ScaleDown
 
 
 def _pct(value: float) -> str:
@@ -101,10 +137,25 @@ def step_line(step: TrafficStep, interval: float | None = None) -> str:
                 "(set weight on every LB; the others' weights scaled, all recorded first)")
     if isinstance(step, Analyse):
         every = f" in windows of {interval:g} s" if interval else ""
+        if step.purpose == "post_switch":
+            return (f"step {step.step}: analyse the new pool for {step.duration:g} s{every} "
+                    "against the old pool's windows before the switch; on failure switch "
+                    "back: " + " | ".join(step.gates))
         return (f"step {step.step}: analyse batch {step.batch} ({step.purpose}) for "
                 f"{step.duration:g} s{every} against: " + " | ".join(step.gates))
     if isinstance(step, Pause):
         until = (f"{step.duration:g} s" if step.duration is not None else
                  "until `rollout promote`")
         return f"step {step.step}: pause {until} (nothing out of rotation)"
+    if isinstance(step, CheckPreview):
+        return (f"step {step.step}: the idle pool's servers UP on every LB (the capacity "
+                "floor)" + (", then the preview checks through every LB's preview route"
+                            if step.requests else ""))
+    if isinstance(step, Switch):
+        return (f"step {step.step}: switch every LB's live route from {step.from_backend} to "
+                f"{step.to_backend} (map entries prepared, then committed LB after LB; the map "
+                "file on each LB host written too)")
+    if isinstance(step, ScaleDown):
+        return (f"step {step.step}: after {step.after:g} s, scale down {step.backend} "
+                f"({', '.join(step.hosts)})")
     return f"step {step.step}: restore every server's recorded weight on every LB"

@@ -7,11 +7,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rollout_py import events as ev
+from rollout_py.analysis.counters import Counters
 from rollout_py.balancer import fleet
 from rollout_py.planner import PlannedBatch
 from rollout_py.reconcile import RETRYABLE, reconcile
 from rollout_py.saga import Applied, RunState, SagaBase, snapshot_of
-from rollout_py.steps import Analyse, Pause, RestoreWeights, SetWeight, TrafficStep
+from rollout_py.steps import (
+    Analyse,
+    CheckPreview,
+    Pause,
+    RestoreWeights,
+    ScaleDown,
+    SetWeight,
+    Switch,
+    TrafficStep,
+)
+from rollout_py.switch import baseline_from
 
 
 class ResumeSteps(SagaBase):
@@ -20,6 +31,8 @@ class ResumeSteps(SagaBase):
     _events: list[ev.Event]
     _seq: int
     _traffic_from: int | None
+    _baseline_by_lb: dict[str, dict[str, Counters]] | None
+    _last_switch_back_error: str | None
 
     def _stage(self, state: RunState) -> None:
         raise NotImplementedError
@@ -38,6 +51,9 @@ class ResumeSteps(SagaBase):
     def _watch_batch(self, batch: PlannedBatch) -> None:
         raise NotImplementedError
 
+    def _switch_back_if_switched(self, cause: str) -> bool:
+        raise NotImplementedError
+
     def _resume(self, events: list[ev.Event], done: list[Applied], state: RunState) -> int:
         """Takes over a stopped deploy: executes what ``reconcile`` decides from its journal
         and the live LB state. Returns the index of the first batch still to run."""
@@ -54,6 +70,12 @@ class ResumeSteps(SagaBase):
                         self._previous[host] = version
         exposed = fleet.exposed(self.balancer.states(), plan.servers.values())
         decision = reconcile(events, plan, exposed=exposed, staged=bool(self.settings.stage_tags))
+        self._baseline_by_lb = baseline_from(events)
+        if decision.failure is not None and not self._switch_back_if_switched(
+                f"resume: {decision.cause or decision.failure}"):  # never roll back a live pool
+            state.failed, state.resumable = True, True
+            state.cause = self._last_switch_back_error
+            return len(plan.batches)
         if not decision.steps:
             nxt = decision.next_batch
             self.emit(ev.DeployResumed, batch=nxt, action="continue" if nxt else "none",
@@ -127,13 +149,18 @@ class ResumeSteps(SagaBase):
             if last_set > max((e.seq for e in restored), default=-1):
                 self._weights_dirty = True
                 self._restore_weights()
-        if not done:
+        if not done and not [t for t in self.plan.traffic if t.batch == 0]:
             return
-        last = done[-1].batch.index
+        last = done[-1].batch.index if done else 0
         traffic = [t for t in self.plan.traffic if t.batch == last]
         if not traffic or _traffic_done(traffic[-1], events):
             return
-        self._traffic_from = self.plan.steps.index(traffic[0])
+        first = traffic[0]
+        if self.plan.strategy in ("blue_green", "switch_back"):
+            # A switch is not undone by a resume: it goes on from the first step not done
+            # (a partial switch is finished; a post-switch analysis judges again).
+            first = next(t for t in traffic if not _traffic_done(t, events))
+        self._traffic_from = self.plan.steps.index(first)
 
 
 def _traffic_done(step: TrafficStep, events: Sequence[ev.Event]) -> bool:
@@ -147,5 +174,13 @@ def _traffic_done(step: TrafficStep, events: Sequence[ev.Event]) -> bool:
     if isinstance(step, Pause):
         return any(isinstance(e, ev.PauseEnded) and e.step == step.step and e.how != "aborted"
                    for e in events)
+    if isinstance(step, CheckPreview):
+        return any(isinstance(e, ev.PreviewChecked) and e.step == step.step and e.ok
+                   for e in events)
+    if isinstance(step, Switch):
+        return any(isinstance(e, ev.SwitchFinished) and e.step == step.step and e.ok
+                   and e.to_backend == step.to_backend for e in events)
+    if isinstance(step, ScaleDown):
+        return any(isinstance(e, ev.PoolScaledDown) and e.step == step.step for e in events)
     assert isinstance(step, SetWeight)
     return any(isinstance(e, ev.WeightsSet) and e.step == step.step for e in events)

@@ -15,16 +15,23 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rollout_py.balancer.fleet import Recorded, Snapshot
+from rollout_py.balancer.routes import LbSwitch, SwitchOutcome
 from rollout_py.balancer.runtime import AdminState, ServerState, SetState, StatRow, admin_state
 from rollout_py.errors import BalancerError
 from rollout_py.executor import Cancel, RunResult
 from rollout_py.probes import Check, Prober
 from rollout_py.spec import HAProxyProbe, HttpProbe
+from rollout_py.testing_maps import FakeMaps
+from rollout_py.testing_transport import FakeTransport
+
+__all__ = ["FakeBalancer", "FakeExecutor", "FakeFleet", "FakeMaps", "FakeRouter",
+           "FakeTransport"]
 
 _ADMIN_BITS = {"READY": 0, "DRAIN": 0x08, "MAINT": 0x01}
 
@@ -58,6 +65,8 @@ class FakeFleet:
     latency_ms: dict[str, int] = field(default_factory=dict)  # version -> rtime
     log: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
+    # Blue/green (FakeRouter): the servers each LB sends traffic to; None: every server.
+    route: Callable[[str], set[str]] | None = None
 
     def __post_init__(self) -> None:
         self.versions: dict[str, str | None] = dict.fromkeys(self.hosts, self.version)
@@ -78,8 +87,10 @@ class FakeFleet:
         """One round of traffic on every LB: ``requests_per_read`` by weight, deterministic
         5xx from each version's error rate."""
         for lb, per in self.servers.items():
+            routed = self.route(lb) if self.route is not None else set(per)
             live = {s: srv.weight for s, srv in per.items()
-                    if srv.admin == "READY" and self.healthy(s) and srv.weight > 0}
+                    if srv.admin == "READY" and self.healthy(s) and srv.weight > 0
+                    and s in routed}
             total = sum(live.values())
             for s, w in live.items():
                 n = self.requests_per_read * w // total if total else 0
@@ -282,26 +293,53 @@ class FakeBalancer:
         pass
 
 
-class FakeTransport:
-    """An HAProxy runtime API socket that answers from ``answers`` ("" by default, what a
-    state change answers) and records every command in ``sent``.
+class FakeRouter:
+    """Blue/green routing over a FakeFleet (server name = host): two pools and, per LB, the
+    pool its live route serves (only that pool gets the fleet's traffic). Each LB's switch is
+    logged as ``switch <lb> <backend>``; ``fail_commit_on`` names an LB whose commit is
+    refused (the LBs switched before it are switched back, logged ``undo <lb>``)."""
 
-    Example:
-        >>> t = FakeTransport({"show cli level": "admin"})
-        >>> t.send("show cli level"), t.sent
-        ('admin', ['show cli level'])
-    """
+    def __init__(self, fleet: FakeFleet, pools: Mapping[str, Sequence[str]], live: str, *,
+                 live_key: str = "live", preview_key: str = "preview") -> None:
+        self.fleet = fleet
+        self.pools = {b: tuple(h) for b, h in pools.items()}
+        self.live = dict.fromkeys(fleet.lbs, live)
+        self.live_key, self.preview_key = live_key, preview_key
+        self.fail_commit_on: str | None = None
+        fleet.route = lambda lb: set(self.pools[self.live[lb]])
 
-    url = "fake://"
+    @property
+    def urls(self) -> Sequence[str]:
+        return list(self.fleet.lbs)
 
-    def __init__(self, answers: Mapping[str, str] | None = None) -> None:
-        self.answers = dict(answers or {})
-        self.sent: list[str] = []
+    def maps(self) -> dict[str, str]:
+        return dict.fromkeys(self.fleet.lbs, "/fake/pools.map")
 
-    def send(self, command: str) -> str:
-        self.sent.append(command)
-        return self.answers.get(command, "")
+    def _other(self, backend: str) -> str:
+        return next(b for b in self.pools if b != backend)
 
-    def close(self) -> None:
-        pass
+    def entries(self) -> dict[str, dict[str, str]]:
+        return {lb: {self.live_key: b, self.preview_key: self._other(b)}
+                for lb, b in self.live.items()}
 
+    def switch(self, changes: Mapping[str, str]) -> SwitchOutcome:
+        to = changes[self.live_key]
+        before: dict[str, str] = {}
+        for lb in self.fleet.lbs:
+            if lb == self.fail_commit_on:
+                for done, backend in before.items():
+                    self.live[done] = backend
+                    self.fleet.record(f"undo {done}")
+                return SwitchOutcome(failed={lb: "injected: commit refused"})
+            before[lb], self.live[lb] = self.live[lb], to
+            self.fleet.record(f"switch {lb} {to}")
+        return SwitchOutcome(switched=tuple(
+            LbSwitch(lb, {self.live_key: to, self.preview_key: self._other(to)}, time.time(),
+                     "/fake/pools.map") for lb in self.fleet.lbs))
+
+    def states(self, backend: str) -> dict[str, dict[str, ServerState]]:
+        return {lb: {s: st for s, st in per.items() if s in self.pools[backend]}
+                for lb, per in FakeBalancer(self.fleet).states().items()}
+
+    def stats(self, backend: str, servers: Sequence[str]) -> dict[str, dict[str, StatRow]]:
+        return FakeBalancer(self.fleet).stats(servers)

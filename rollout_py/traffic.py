@@ -8,6 +8,7 @@ an interrupt, a resume after a crash) restores exactly those weights.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from rollout_py.analysis.judge import judge_window
 from rollout_py.analysis.run import AnalysisRun
 from rollout_py.balancer.fleet import wait_until
 from rollout_py.controls import Control
-from rollout_py.errors import InputError
+from rollout_py.errors import BalancerError, InputError
 from rollout_py.saga import BatchFailure, SagaBase, Stopped
 from rollout_py.spec_canary import absolute_only
 from rollout_py.steps import Analyse, Pause, RestoreWeights, SetWeight, TrafficStep
@@ -90,6 +91,13 @@ class TrafficSteps(SagaBase):
         self._weights_set = None
         self.emit(ev.WeightsRestored, weights=weights, failed=failed, step=step)
         self._weights_dirty = bool(failed)
+
+    def _restore_weights_if_changed(self) -> None:
+        """At the end of the steps, whatever ended them. Not after kill -9, of course: then
+        resume restores them from the journal. An LB lost now: the same."""
+        if self._weights_dirty and not self._journal_failed:
+            with contextlib.suppress(BalancerError):
+                self._restore_weights()
 
     # --- analysis ------------------------------------------------------------------------
     def _baseline(self, judged: Sequence[str]) -> tuple[str, ...]:

@@ -66,6 +66,9 @@ setup() {
     need_root
     install_debian_packages
     install_python_packages
+    # The flag-enabled sample app's venv (rollout_py.lab.appenv): built once per machine and
+    # cached, so the first `lab up` of a test run does not pay for it.
+    "$VENV/bin/python" -m rollout_py.lab.appenv >/dev/null
     export PATH="$VENV/bin:$PATH"
 }
 

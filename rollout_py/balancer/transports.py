@@ -174,10 +174,11 @@ class SshTransport:
     def _connect(self) -> object:
         return ssh_connect(self._user, self._host, self._port, self._options)
 
-    def send(self, command: str) -> str:
+    def exec(self, remote: str, stdin_text: str) -> tuple[int, str, str]:
+        """Runs ``remote`` (a shell command line) on the LB host over the shared connection,
+        feeding it ``stdin_text``: (exit status, stdout, stderr)."""
         import paramiko
 
-        remote = f"socat -t 5 - UNIX-CONNECT:{shlex.quote(self._path)}"
         with self._lock:
             try:
                 if self._client is None:
@@ -185,7 +186,7 @@ class SshTransport:
                 client = self._client
                 assert isinstance(client, paramiko.SSHClient)
                 stdin, stdout, stderr = client.exec_command(remote, timeout=self._options.timeout)
-                stdin.write(command + "\n")
+                stdin.write(stdin_text)
                 stdin.channel.shutdown_write()
                 out = stdout.read().decode(errors="replace")
                 status = stdout.channel.recv_exit_status()
@@ -193,6 +194,11 @@ class SshTransport:
             except (OSError, paramiko.SSHException) as exc:
                 self.close_locked()
                 raise BalancerUnreachable(f"{self.url}: {exc}") from exc
+        return status, out, err
+
+    def send(self, command: str) -> str:
+        remote = f"socat -t 5 - UNIX-CONNECT:{shlex.quote(self._path)}"
+        status, out, err = self.exec(remote, command + "\n")
         if status != 0:
             # socat could not connect to the socket on the LB host.
             raise BalancerUnreachable(f"{self.url}: socat exited {status}: "

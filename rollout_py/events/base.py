@@ -20,13 +20,14 @@ Failure = Literal["unreachable", "task_failed", "probe_failed", "drain_timeout",
 # batches back in rotation); aborted: `rollout abort`.
 # A window's verdict: never "pass" on no data; "reset" when HAProxy's counters went down.
 Verdict = Literal["pass", "fail", "inconclusive", "reset"]
-# What a window judged: a canary step, a rolling batch's soak, the watch over done batches.
-Purpose = Literal["canary", "soak", "watch"]
+# What a window judged: a canary step, a rolling batch's soak, the watch over done batches, a
+# blue/green switch's new pool (against the old pool's windows before the switch).
+Purpose = Literal["canary", "soak", "watch", "post_switch"]
 # Operator controls, sent through the state directory (rollout_py.controls).
 ControlAction = Literal["promote", "promote_all", "abort", "pause", "continue"]
 # The host-side steps of a deploy, and the phases in which probes run.
 StepName = Literal["stage", "upgrade", "rollback"]
-Phase = Literal["verify", "soak", "rollback", "watch"]
+Phase = Literal["verify", "soak", "rollback", "watch", "preview"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,6 +26,11 @@ class Behaviour:
     probability ``error_rate`` if that is above 0, else always; ``/health`` stays 200, so only
     an analysis of requests catches it. Without ``fail_after``, ``error_rate`` holds from the
     start.
+
+    ``flags`` makes a flag-enabled release: ``/`` evaluates flag ``new-greeting`` through
+    OpenFeature's flagd provider from the host's flag file (``APP_FLAGS_FILE``), answers with
+    header ``X-Flag-new-greeting: <variant>`` and a greeting that depends on it; with
+    ``flag_error_rate``, that share of the requests that get variant ``on`` answer 500.
     """
 
     health_fail: bool = False
@@ -35,6 +40,8 @@ class Behaviour:
     crash_on_start: bool = False
     latency_ms: int = 0
     fail_after: float | None = None
+    flags: bool = False
+    flag_error_rate: float = 0.0  # share of `on` requests that answer 500 (needs flags)
 
     def __post_init__(self) -> None:
         _number(self.error_rate, "--error-rate", 0.0, 1.0, "(a share of requests)")
@@ -45,6 +52,9 @@ class Behaviour:
         _number(self.latency_ms, "--latency-ms", 0, MAX_LATENCY_MS, "ms")
         if self.fail_after is not None:
             _number(self.fail_after, "--fail-after", 0.0, MAX_FAIL_AFTER, "seconds")
+        _number(self.flag_error_rate, "--flag-error-rate", 0.0, 1.0, "(a share of requests)")
+        if self.flag_error_rate and not self.flags:
+            raise InputError("--flag-error-rate needs --flags (a flag-enabled release)")
 
 
 def _number(value: object, option: str, low: float, high: float, unit: str) -> None:
@@ -73,7 +83,10 @@ def build_artifact(store: Path, version: str, behaviour: Behaviour = Behaviour()
     target = artifact_path(store, version)
     store.mkdir(parents=True, exist_ok=True)
     app = resources.files("rollout_py.lab.app").joinpath("app.py").read_bytes()
-    meta = json.dumps({"version": version, **asdict(behaviour)}, indent=2).encode() + b"\n"
+    fields = asdict(behaviour)
+    if not behaviour.flags:  # releases without flags: release.json as before flags existed
+        del fields["flags"], fields["flag_error_rate"]
+    meta = json.dumps({"version": version, **fields}, indent=2).encode() + b"\n"
     tmp = target.with_name(target.name + ".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
         _add(tar, "app.py", app)

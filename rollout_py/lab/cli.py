@@ -29,15 +29,20 @@ def lab() -> None:
 @click.option("--block", default=None, help="IPv4 block for labs (default 10.213.0.0/16).")
 @click.option("--prometheus", "with_prometheus", is_flag=True,
               help="Also run Prometheus on 127.0.0.1, scraping every LB's exporter each second.")
+@click.option("--shaping", "with_shaping", is_flag=True,
+              help="Every server takes 4 requests at a time (more queue in HAProxy), "
+                   "X-Client-Class production|background|heavy sets the queue priority, and "
+                   "a class the map shaping.map says 'shed' gets 503 while a server is out.")
 @click.option("--pools", "n_pools", type=click.IntRange(1, 2), default=1, show_default=True,
               help="2: hosts split into pools blue and green (backends app_blue, app_green), "
                    "routed by a map on every LB; frontend 'preview' reaches the idle pool.")
 @dir_option
-def up(n_hosts: int, n_lbs: int, block: str | None, with_prometheus: bool, n_pools: int,
-       lab_dir: Path) -> int:
+def up(n_hosts: int, n_lbs: int, block: str | None, with_prometheus: bool, with_shaping: bool,
+       n_pools: int, lab_dir: Path) -> int:
     """Bring the lab up (root)."""
     layout = lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs, block=block,
-                        with_prometheus=with_prometheus, n_pools=n_pools, say=click.echo)
+                        with_prometheus=with_prometheus, n_pools=n_pools,
+                        with_shaping=with_shaping, say=click.echo)
     _print_summary(layout)
     return 0
 
@@ -125,23 +130,29 @@ def status(lab_dir: Path, as_json: bool) -> int:
               help="Good for SECONDS after it starts, then / answers 500 (with --error-rate's "
                    "probability, else always); /health stays 200.")
 @click.option("--crash-on-start", is_flag=True, help="The app exits right after it starts.")
+@click.option("--flags", is_flag=True,
+              help="Flag-enabled: / evaluates flag new-greeting (OpenFeature, flagd provider, "
+                   "the host's flag file) and answers with X-Flag-new-greeting: VARIANT.")
+@click.option("--flag-error-rate", type=click.FloatRange(0, 1), default=0.0,
+              help="With --flags: share of requests getting variant 'on' that answer 500.")
 @dir_option
 def artifact(version: str, health_fail: bool, health_flap: bool, start_delay: float,
              error_rate: float, latency_ms: int, fail_after: float | None,
-             crash_on_start: bool, lab_dir: Path) -> int:
+             crash_on_start: bool, flags: bool, flag_error_rate: float, lab_dir: Path) -> int:
     """Build release VERSION of the sample app into the lab's artifact store."""
     behaviour = artifact_mod.Behaviour(health_fail=health_fail, health_flap=health_flap,
                                        start_delay=start_delay, error_rate=error_rate,
                                        crash_on_start=crash_on_start, latency_ms=latency_ms,
-                                       fail_after=fail_after)
+                                       fail_after=fail_after, flags=flags,
+                                       flag_error_rate=flag_error_rate)
     path = artifact_mod.build_artifact(lab_dir.absolute() / "artifacts", version, behaviour)
     click.echo(str(path))
     return 0
 
 
 @lab.command()
-@click.option("--rps", type=click.FloatRange(0.1, 20000), required=True,
-              help="Requests per second.")
+@click.option("--rps", type=click.FloatRange(0.1, 20000), default=None,
+              help="Requests per second (unless --class gives a rate per class).")
 @click.option("--duration", type=click.FloatRange(0.1, 86400), required=True, help="Seconds.")
 @click.option("--keepalive", is_flag=True, help="Reuse client connections.")
 @click.option("--lb", "lb_name", default="lb1", show_default=True, help="Which LB's frontend.")
@@ -150,11 +161,18 @@ def artifact(version: str, health_fail: bool, health_flap: bool, start_delay: fl
 @click.option("--records", type=click.Path(path_type=Path), default=None,
               help="Write every request's record here as JSON lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--class", "classes", multiple=True, metavar="NAME=RPS",
+              help="Send X-Client-Class: NAME at RPS requests/s; repeat for several classes at "
+                   "once (e.g. --class production=200 --class heavy=100), summed up per class.")
 @dir_option
-def load(rps: float, duration: float, keepalive: bool, lb_name: str, url_path: str,
-         url: str | None, records: Path | None, as_json: bool, lab_dir: Path) -> int:
+def load(rps: float | None, duration: float, keepalive: bool, lb_name: str, url_path: str,
+         url: str | None, records: Path | None, as_json: bool, classes: tuple[str, ...],
+         lab_dir: Path) -> int:
     """Open-loop load through an LB frontend; exit 1 if any request failed."""
     from rollout_py.lab.load import LoadGenerator
+
+    if (rps is None) == (not classes):
+        raise click.UsageError("give either --rps or --class NAME=RPS (one or more)")
 
     if url is None:
         layout = Layout.load(lab_dir.absolute())
@@ -164,6 +182,9 @@ def load(rps: float, duration: float, keepalive: bool, lb_name: str, url_path: s
         if lb_name not in lbs:
             raise click.UsageError(f"no LB {lb_name!r} in this lab (have: {', '.join(lbs)})")
         url = f"http://127.0.0.1:{lbs[lb_name].port}{url_path}"
+    if classes:
+        return _class_load(url, classes, duration, keepalive, records, as_json)
+    assert rps is not None
     summary = LoadGenerator(url, rps=rps, duration=duration, keepalive=keepalive).run()
     if records is not None:
         summary.write_records(records)
@@ -176,10 +197,36 @@ def load(rps: float, duration: float, keepalive: bool, lb_name: str, url_path: s
                    f"max {summary.max_ms:.1f} ms")
         click.echo("  by host:    " + ", ".join(f"{k} {v}" for k, v in summary.by_host.items()))
         click.echo("  by version: " + ", ".join(f"{k} {v}" for k, v in summary.by_version.items()))
+        if summary.by_variant:  # a flag-enabled release answered
+            click.echo("  by variant: " + ", ".join(
+                f"{k} {v} ({summary.failed_by_variant.get(k, 0)} failed)"
+                for k, v in summary.by_variant.items()))
         if summary.failures:
             click.echo("  failures:   " + ", ".join(f"{k}: {v}" for k, v in
                                                    summary.failures.items()))
     return 0 if summary.failed == 0 else 1
+
+
+def _class_load(url: str, classes: tuple[str, ...], duration: float, keepalive: bool,
+                records: Path | None, as_json: bool) -> int:
+    """``load --class``: every class at once, a summary per class; exit 1 if any failed."""
+    from rollout_py.errors import InputError
+    from rollout_py.lab.classload import ClassLoad, class_lines, classes_json, parse_classes
+
+    try:
+        rates = parse_classes(classes)
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    summaries = ClassLoad(url, rates, duration=duration, keepalive=keepalive).run()
+    if records is not None:
+        for name, summary in summaries.items():
+            summary.write_records(records.with_name(f"{records.stem}-{name}{records.suffix}"))
+    if as_json:
+        click.echo(json.dumps(classes_json(summaries), indent=2))
+    else:
+        click.echo(f"{url}: {duration:g} s, by client class (X-Client-Class):")
+        click.echo("\n".join(f"  {line}" for line in class_lines(summaries)))
+    return 0 if all(s.failed == 0 for s in summaries.values()) else 1
 
 
 @lab.command()

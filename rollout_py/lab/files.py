@@ -3,6 +3,7 @@ and rollout-canary.yml."""
 
 from __future__ import annotations
 
+from rollout_py.lab import flagfiles, shaping
 from rollout_py.lab.haproxy import BACKEND
 from rollout_py.lab.layout import APP_PORT, Layout
 from rollout_py.resources import playbook, roles_path
@@ -98,7 +99,7 @@ haproxy:
   backend: {backend}
   server: "{{{{ inventory_hostname }}}}"
   drain_timeout: 30
-health:
+{shaping.spec_section(layout)}health:
   deadline: 30
   interval: 0.3
   consecutive: 2
@@ -108,7 +109,7 @@ health:
     - http: "http://{{{{ ansible_host }}}}:{APP_PORT}/version"
       body: "{{{{ rollout_version }}}}"
     - haproxy: UP
-"""
+{flagfiles.spec_yaml(layout)}"""
 
 
 def canary_5xx_query(backend: str) -> str:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from rollout_py.errors import LabError
-from rollout_py.lab import pools
+from rollout_py.lab import pools, shaping
 from rollout_py.lab.layout import APP_PORT, Layout, LbSpec
 from rollout_py.lab.procs import Proc, run, spawn
 
@@ -69,7 +69,7 @@ defaults
 
 frontend web
     bind 127.0.0.1:{lb.port}
-{pools.web_routing(layout, lb, BACKEND)}
+{shaping.frontend_rules(layout, BACKEND)}{pools.web_routing(layout, lb, BACKEND)}
 {pools.preview_frontend(layout, lb)}{metrics}{backends}"""
 
 
@@ -82,7 +82,7 @@ backend {name}
     http-check expect status 200
     source {layout.gateway}
     default-server check inter 500ms fastinter 250ms downinter 500ms fall 2 rise 2
-    http-response set-header X-LB-Server %[srv_name]
+{shaping.backend_lines(layout)}    http-response set-header X-LB-Server %[srv_name]
     http-response set-header X-LB {lb.name}
 {lines}
 """
@@ -110,6 +110,8 @@ def start(layout: Layout, lb: LbSpec, *, host_sshd: Proc | None) -> Proc:
         prefix = ["nsenter", "-t", str(host_sshd.pid), "-m", "-u", "--"]
     if pools.enabled(layout):
         pools.write_map_file(layout, lb, pools.initial_entries(layout))
+    if shaping.enabled(layout):
+        shaping.write_map_file(layout, lb)
     cfg_arg = str(cfg)
     if host_sshd is not None:
         # The LB host sees its own /run, not the lab dir (which may sit under /tmp or /root).

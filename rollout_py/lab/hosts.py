@@ -11,7 +11,8 @@ from importlib import resources
 from pathlib import Path
 
 from rollout_py.errors import LabError
-from rollout_py.lab.layout import APP_PORT, HostSpec, Layout
+from rollout_py.lab import flagfiles
+from rollout_py.lab.layout import APP_PORT, HOST_FLAGS_PATH, HostSpec, Layout
 from rollout_py.lab.procs import Proc, run, spawn
 
 PRIVATE_DIRS = ("srv", "root", "run", "tmp")
@@ -60,15 +61,19 @@ def prepare(layout: Layout, host: HostSpec, pubkey: str) -> str:
 
 
 def install_app_runtime(layout: Layout, host: HostSpec) -> None:
-    """The host's 'init system' for the sample app: appctl and its environment."""
+    """The host's 'init system' for the sample app: appctl, its environment and the flag file
+    of flag-enabled releases."""
     app = layout.host_dir(host.name) / "srv" / "app"
     for sub in ("bin", "releases", "shared"):
         (app / sub).mkdir(parents=True, exist_ok=True)
     appctl = resources.files("rollout_py.lab.app").joinpath("appctl").read_bytes()
     (app / "bin" / "appctl").write_bytes(appctl)
     os.chmod(app / "bin" / "appctl", 0o755)
+    # Flag-enabled releases re-exec themselves with APP_FLAGS_PYTHON (rollout_py.lab.appenv).
     (app / "app.env").write_text(
-        f"APP_BIND={host.address}\nAPP_PORT={APP_PORT}\nAPP_PYTHON={layout.host_python}\n")
+        f"APP_BIND={host.address}\nAPP_PORT={APP_PORT}\nAPP_PYTHON={layout.host_python}\n"
+        f"APP_FLAGS_FILE={HOST_FLAGS_PATH}\nAPP_FLAGS_PYTHON={layout.app_flags_python or ''}\n")
+    flagfiles.write_hosts(layout, flagfiles.initial_flags(), [host.name])
 
 
 def _bind_order(lab_dir: Path) -> list[str]:

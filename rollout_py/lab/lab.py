@@ -23,7 +23,7 @@ from typing import Any
 from rollout_py.balancer import RuntimeAPI, open_transport
 from rollout_py.balancer.transports import SshOptions
 from rollout_py.errors import InputError, LabError, LabPrerequisiteError
-from rollout_py.lab import artifact, files, haproxy, hosts, net, pools, prometheus
+from rollout_py.lab import artifact, files, flagfiles, haproxy, hosts, net, pools, prometheus
 from rollout_py.lab.layout import APP_PORT, MAX_HOSTS, RUN_ROOT, HostSpec, Layout, LbSpec
 from rollout_py.lab.procs import (
     Proc,
@@ -97,12 +97,15 @@ def running(layout: Layout) -> bool:
 
 
 def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = None,
-       with_prometheus: bool = False, n_pools: int = 1,
+       with_prometheus: bool = False, n_pools: int = 1, with_shaping: bool = False,
        say: Say = lambda _msg: None) -> Layout:
     """Builds the lab in ``lab_dir``; on a lab that is already up, changes nothing.
 
     ``n_pools=2`` splits the hosts into pools blue and green, routed through a map on every
     LB (``rollout_py.lab.pools``).
+
+    ``with_shaping`` gives every LB priority classes, queueing and a shed map
+    (``rollout_py.lab.shaping``) and the spec a ``haproxy.shaping`` section.
 
     ``with_prometheus`` also runs a Prometheus scraping every LB's exporter each second
     (``layout.prometheus_url``); ``up`` returns once it has scraped every LB.
@@ -112,6 +115,8 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
     """
     lab_dir = lab_dir.absolute()
     _validate(lab_dir, n_hosts, n_lbs, n_pools)
+    if with_shaping and n_pools != 1:
+        raise InputError("--shaping works with one pool (the backend 'app'), not --pools 2")
     check_prerequisites(with_prometheus=with_prometheus)
     block = block or os.environ.get("ROLLOUT_LAB_BLOCK") or net.DEFAULT_BLOCK
     with _machine_lock():
@@ -128,13 +133,17 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
                 has = "with" if existing.prometheus_url else "without"
                 raise LabError(f"the lab in {lab_dir} is already up {has} Prometheus; run "
                                "`rollout lab down` first to change that")
+            if existing.shaping != with_shaping:
+                raise LabError(f"the lab in {lab_dir} is already up "
+                               f"{'with' if existing.shaping else 'without'} --shaping; run "
+                               "`rollout lab down` first to change that")
             say(f"lab already up in {lab_dir}: nothing changed")
             return existing
         network = net.check_block(block)
         net.install_guard(network)  # before anything targets a lab address
         layout = Layout(dir=str(lab_dir), index=_free_index(network), block=str(network),
                         n_hosts=n_hosts, n_lbs=n_lbs, host_python=_host_python(),
-                        n_pools=n_pools)
+                        n_pools=n_pools, shaping=with_shaping)
         lab_dir.mkdir(parents=True, exist_ok=True)
         layout.save()
         started = time.monotonic()
@@ -168,6 +177,7 @@ def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
              str(layout.key)])
     pubkey = layout.key.with_suffix(".pub").read_text()
     first = artifact.build_artifact(layout.artifacts, "1.0")
+    flagfiles.prepare(layout)  # the flag-enabled releases' venv (cached) and flags.json
     _plan_lbs(layout, with_prometheus)
     # Prometheus first scrapes ~5 s after it starts (its target discovery ticks every 5 s):
     # started now, it comes up while the hosts do. The canary spec's gate needs its URL.
@@ -216,6 +226,9 @@ def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
     (layout.path / "ansible.cfg").write_text(files.ansible_cfg(layout))
     (layout.path / "rollout.yml").write_text(files.rollout_spec(layout))
     (layout.path / "rollout-canary.yml").write_text(files.canary_spec(layout))
+    if pools.enabled(layout):
+        (layout.path / "rollout-bluegreen.yml").write_text(
+            pools.bluegreen_spec(layout, files.rollout_spec(layout)))
     _wait_ready(layout, say)
     if prom is not None:
         prometheus.wait_ready(layout, prom, deadline=time.monotonic() + 30)

@@ -13,6 +13,8 @@ from rollout_py.errors import LabError
 MAX_HOSTS = 244  # .11 to .254 of the lab's /24
 RUN_ROOT = Path("/run/rollout-lab")
 APP_PORT = 8080
+# The flag file every app host's flag-enabled release reads (flagd's format), on the host.
+HOST_FLAGS_PATH = "/srv/app/shared/flags.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ class Layout:
     host_python: str = "/usr/bin/python3"
     prometheus_port: int | None = None  # `up --prometheus`: 127.0.0.1:PORT
     n_pools: int = 1  # `up --pools 2`: blue (first half of the hosts) and green
+    shaping: bool = False  # `up --shaping`: priority classes and a shed map (lab.shaping)
+    app_flags_python: str | None = None  # the shared venv of flag-enabled releases (appenv)
 
     # --- derived names -----------------------------------------------------------------
     @property
@@ -214,5 +218,7 @@ class Layout:
             "ssh": {"key": str(self.key), "config": str(self.ssh_config),
                     "known_hosts": str(self.known_hosts), "bind_address": self.gateway},
             "artifacts": str(self.artifacts),
+            "flags": {"file": str(self.path / "flags.json"), "path": HOST_FLAGS_PATH,
+                      "python": self.app_flags_python},
             "ansible_vars": self.ansible_vars(),
         }

@@ -1,7 +1,9 @@
 """Open-loop HTTP load through a lab LB: requests leave on a fixed schedule, whatever the replies.
 
 Latency is measured from each request's scheduled time, so a stalled backend shows up as latency
-instead of silently lowering the rate (no coordinated omission).
+instead of silently lowering the rate (no coordinated omission). Each request carries a
+targeting key (``X-User: u<seq>``), so a flag's fractional split sees distinct users; the
+variant a flag-enabled release served (``X-Flag-new-greeting``) is counted per request.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from urllib.parse import urlsplit
 
 from rollout_py.errors import InputError
 
+FLAG_HEADER = "X-Flag-new-greeting"  # the variant a flag-enabled lab release evaluated
+USER_HEADER = "X-User"  # the targeting key sent with each request: u<seq>
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -34,6 +39,7 @@ class Record:
     served_by: str | None  # the app's X-Served-By
     lb_server: str | None  # HAProxy's X-LB-Server (the server it chose)
     version: str | None
+    variant: str | None = None  # the app's X-Flag-new-greeting, if any
 
     @property
     def ok(self) -> bool:
@@ -66,6 +72,8 @@ class Summary:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    by_variant: dict[str, int] = field(default_factory=dict)  # requests per flag variant
+    failed_by_variant: dict[str, int] = field(default_factory=dict)
     records: tuple[Record, ...] = field(repr=False, default=())
 
     @classmethod
@@ -84,6 +92,9 @@ class Summary:
             by_version=dict(sorted(Counter(r.version for r in records if r.version).items())),
             failures=dict(failures), p50_ms=round(_percentile(lat, 50), 2),
             p99_ms=round(_percentile(lat, 99), 2), max_ms=round(lat[-1] if lat else 0.0, 2),
+            by_variant=dict(sorted(Counter(r.variant for r in records if r.variant).items())),
+            failed_by_variant=dict(sorted(Counter(
+                r.variant for r in records if r.variant and not r.ok).items())),
             records=tuple(records),
         )
 
@@ -124,7 +135,8 @@ class LoadGenerator:
     """
 
     def __init__(self, url: str, *, rps: float, duration: float, keepalive: bool = False,
-                 timeout: float = 10.0, workers: int = 64) -> None:
+                 timeout: float = 10.0, workers: int = 64,
+                 headers: dict[str, str] | None = None) -> None:
         if not 0 < rps <= 20000:
             raise InputError(f"rps must be between 0 and 20000, not {rps}")
         if not 0 < duration <= 86400:
@@ -132,6 +144,7 @@ class LoadGenerator:
         self.url, self.rps, self.duration = url, rps, duration
         self._host, self._port, self._path = check_target(url)
         self._keepalive, self._timeout = keepalive, timeout
+        self._headers = dict(headers or {})  # sent with every request (e.g. X-Client-Class)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load")
         self._local = threading.local()
         self._records: list[Record] = []
@@ -153,17 +166,20 @@ class LoadGenerator:
         return conn
 
     def _one(self, seq: int, scheduled: float) -> None:
-        status = served_by = lb_server = version = error = None
+        status = served_by = lb_server = version = variant = error = None
         sent_at = time.time()
         conn = self._conn()
         try:
-            headers = {} if self._keepalive else {"Connection": "close"}
+            headers = {USER_HEADER: f"u{seq}"}
+            if not self._keepalive:
+                headers["Connection"] = "close"
+            headers.update(self._headers)
             conn.request("GET", self._path, headers=headers)
             resp = conn.getresponse()
             resp.read()
             status = resp.status
             served_by, lb_server = resp.getheader("X-Served-By"), resp.getheader("X-LB-Server")
-            version = resp.getheader("X-Version")
+            version, variant = resp.getheader("X-Version"), resp.getheader(FLAG_HEADER)
             if not self._keepalive or resp.will_close:
                 conn.close()
                 self._local.conn = None
@@ -173,7 +189,7 @@ class LoadGenerator:
             self._local.conn = None
         latency = time.monotonic() - (self._t0 + scheduled)
         rec = Record(seq, round(scheduled, 4), sent_at, round(latency, 5), status, error,
-                     served_by, lb_server, version)
+                     served_by, lb_server, version, variant)
         with self._lock:
             self._records.append(rec)
 

@@ -15,7 +15,7 @@ import yaml
 
 from rollout_py.errors import InputError
 from rollout_py.lab import artifact, files, haproxy, hosts, prometheus
-from rollout_py.lab.layout import Layout, LbSpec
+from rollout_py.lab.layout import HOST_FLAGS_PATH, Layout, LbSpec
 from rollout_py.spec import load_spec
 from rollout_py.validate import validate_version
 
@@ -213,6 +213,8 @@ def test_the_canary_spec_the_lab_writes_is_valid(tmp_path: Path,
     assert rolling.strategy == "rolling" and canary.strategy == "canary"
     assert canary.haproxy == rolling.haproxy and canary.health == rolling.health
     assert canary.batches == rolling.batches and canary.playbook == rolling.playbook
+    assert rolling.flags is not None and canary.flags == rolling.flags  # rollout_py.lab.flagfiles
+    assert (rolling.flags.file, rolling.flags.path) == ("flags.json", HOST_FLAGS_PATH)
     assert canary.canary is not None and canary.canary.hosts == 1
     assert [s.model_dump() for s in canary.canary.steps] == [
         {"traffic": 0.1}, {"analysis": {"duration": 20.0}},

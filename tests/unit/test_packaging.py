@@ -23,6 +23,7 @@ def test_wheel_ships_and_finds_the_ansible_content(tmp_path: Path) -> None:
     assert "rollout_py/_ansible/roles/app_release/tasks/main.yml" in names
     assert "rollout_py/_ansible/roles/app_release/meta/argument_specs.yml" in names
     assert "rollout_py/lab/app/appctl" in names and "rollout_py/lab/app/app.py" in names
+    assert "rollout_py/lab/app/requirements-flags.txt" in names  # rollout_py.lab.appenv
     # Imported from the unpacked wheel, away from the checkout, it finds its own copy.
     out = subprocess.run(
         [sys.executable, "-c",

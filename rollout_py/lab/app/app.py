@@ -7,9 +7,18 @@ health_fail, health_flap, start_delay (seconds before it listens), error_rate (s
 on /), crash_on_start, latency_ms (added to every / response) and fail_after (seconds after it
 starts listening during which / is good; then / answers 500 with probability error_rate, or
 always when error_rate is 0; /health stays 200).
+
+A release with "flags": true evaluates flag new-greeting on every / through OpenFeature's flagd
+provider, in-process, from the flag file APP_FLAGS_FILE (polled for changes; a file that does
+not parse keeps the previous flags). The targeting key is the request's X-User header, else a
+random one. Those packages are not in the system Python: such a release re-execs itself with
+APP_FLAGS_PYTHON (the lab's shared venv). It answers X-Flag-new-greeting: <variant> ("default"
+when no variant could be evaluated) and, for variant "on", 500 with probability flag_error_rate.
 """
 
+import importlib.util
 import json
+import logging
 import os
 import random
 import signal
@@ -21,11 +30,63 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 RELEASE_DIR = os.path.dirname(os.path.abspath(__file__))
+FLAG = "new-greeting"
+FLAG_POLL_MS = 500  # the provider checks the file's mtime this often (its deadline_ms)
 
 
 def load_release():
     with open(os.path.join(RELEASE_DIR, "release.json"), encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def ensure_flag_python():
+    """Re-execs under APP_FLAGS_PYTHON unless this interpreter has the OpenFeature packages."""
+    if importlib.util.find_spec("openfeature") is not None:
+        return
+    python = os.environ.get("APP_FLAGS_PYTHON")
+    if not python or os.environ.get("APP_FLAGS_REEXEC"):
+        print("this release needs openfeature-sdk and openfeature-provider-flagd: set "
+              "APP_FLAGS_PYTHON to an interpreter that has them", flush=True)
+        sys.exit(4)
+    os.environ["APP_FLAGS_REEXEC"] = "1"
+    os.execv(python, [python, os.path.abspath(__file__)])
+
+
+class OneLine(logging.Filter):
+    """The provider logs a traceback on every poll of a bad file: one line is enough."""
+
+    def filter(self, record):
+        if record.exc_info:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+class Flags:
+    """Flag new-greeting, evaluated by the flagd provider from a flag file (file mode)."""
+
+    def __init__(self, path):
+        from openfeature import api
+        from openfeature.contrib.provider.flagd import FlagdProvider
+        from openfeature.contrib.provider.flagd.config import ResolverType
+        from openfeature.evaluation_context import EvaluationContext
+
+        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(OneLine())
+        self.api, self.context = api, EvaluationContext
+        provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=path,
+                                 deadline_ms=FLAG_POLL_MS)
+        try:
+            api.set_provider_and_wait(provider)
+        except Exception as exc:  # the provider keeps polling: flags arrive with the file
+            print(f"flags: {path} not loaded ({exc}); serving the default until it is", flush=True)
+        self.client = api.get_client()
+
+    def evaluate(self, user):
+        """(on?, variant name) for this targeting key."""
+        details = self.client.get_boolean_details(FLAG, False, self.context(targeting_key=user))
+        return bool(details.value), details.variant or "default"
 
 
 class Server(ThreadingHTTPServer):
@@ -40,6 +101,7 @@ class Server(ThreadingHTTPServer):
         self.active = 0
         self.active_lock = threading.Lock()
         self.listening_since = time.monotonic()
+        self.flags = None  # set by main() for flag-enabled releases
 
     def error_share(self):
         """The share of / requests that answer 500 now."""
@@ -60,13 +122,15 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # access logs would cost more than the requests
         pass
 
-    def _reply(self, status, body):
+    def _reply(self, status, body, headers=()):
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Served-By", self.server.host_name)
         self.send_header("X-Version", self.server.meta["version"])
+        for name, value in headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -113,16 +177,31 @@ class Handler(BaseHTTPRequestHandler):
             latency = int(meta.get("latency_ms", 0))
             if latency > 0:
                 time.sleep(latency / 1000.0)
-            if random.random() < self.server.error_share():
-                self._reply(500, "injected error\n")
-            else:
-                self._reply(200, f"host {self.server.host_name} version {meta['version']}\n")
+            self._root(meta)
         else:
             self._reply(404, "not found\n")
+
+    def _root(self, meta):
+        greeting, headers = "", ()
+        on = False
+        if self.server.flags is not None:
+            user = self.headers.get("X-User") or f"r{random.getrandbits(64):016x}"
+            on, variant = self.server.flags.evaluate(user)
+            headers = ((f"X-Flag-{FLAG}", variant),)
+            greeting = "hello from the new greeting: " if on else "hello: "
+        if random.random() < self.server.error_share():
+            self._reply(500, "injected error\n", headers)
+        elif on and random.random() < float(meta.get("flag_error_rate", 0.0)):
+            self._reply(500, f"injected error in the {FLAG} variant\n", headers)
+        else:
+            self._reply(200, f"{greeting}host {self.server.host_name} version {meta['version']}\n",
+                        headers)
 
 
 def main():
     meta = load_release()
+    if meta.get("flags"):
+        ensure_flag_python()  # first: the new process starts main() over
     bind = os.environ.get("APP_BIND", "127.0.0.1")
     port = int(os.environ.get("APP_PORT", "8080"))
     print(f"app {meta['version']} starting on {bind}:{port}", flush=True)
@@ -130,7 +209,13 @@ def main():
         print("crash_on_start is set: exiting", flush=True)
         sys.exit(3)
     time.sleep(float(meta.get("start_delay", 0)))
+    flags = None
+    if meta.get("flags"):
+        path = os.environ.get("APP_FLAGS_FILE") or "/srv/app/shared/flags.json"
+        flags = Flags(path)
+        print(f"flags: {FLAG} from {path} (flagd provider, file mode)", flush=True)
     server = Server((bind, port), meta)
+    server.flags = flags
     stopping = threading.Event()
 
     def on_term(signum, frame):
@@ -147,6 +232,8 @@ def main():
     deadline = time.monotonic() + 30
     while server.active and time.monotonic() < deadline:
         time.sleep(0.05)
+    if flags is not None:
+        flags.api.shutdown()
     print("app stopped", flush=True)
 
 
