@@ -208,6 +208,10 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
         'succeeded'
     """
     validate_version(version)
+    if strategy == "rolling" and spec.strategy == "blue_green":
+        raise InputError(f"{spec.source}: a blue/green fleet goes back with `rollout "
+                         "switch-back` (every LB to the other pool at once), or with a deploy "
+                         "of the old version (to the idle pool, then switched)")
     if strategy == "rolling" and spec.strategy != "rolling":
         spec = spec.model_copy(update={"strategy": "rolling", "canary": None})
     ctx = Context.resolve(spec, inventory=inventory, limit=limit)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,10 +26,10 @@ from rollout_py.spec_canary import AnalysisSpec, CanarySpec, dispatch, share
 from rollout_py.spec_flags import FlagsSpec
 from rollout_py.spec_pools import BlueGreenSpec
 from rollout_py.spec_shaping import ShapingSpec
+from rollout_py.spec_types import BackendName, HttpUrl
 from rollout_py.specload import Loaded, load_yaml, read_spec_text, split_leading_path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_HAPROXY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _PERCENT = re.compile(r"^(\d{1,3})%$")
 
 
@@ -72,13 +71,6 @@ def _count_or_percent(value: Any, *, field: str, allow_zero: bool = False) -> in
     return f"{pct}%"
 
 
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError(f"expected an http:// or https:// URL, not {value!r}")
-    return value
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class HttpProbe(_Model):
@@ -149,7 +141,7 @@ class HealthSpec(_Model):
 
 class HAProxySpec(_Model):
     sockets: list[str] = Field(min_length=1)
-    backend: str = "app"
+    backend: BackendName = "app"
     server: str = "{{ inventory_hostname }}"
     drain_timeout: float = Field(30, ge=0, le=86400)
     up_timeout: float = Field(30, gt=0, le=3600)
@@ -178,13 +170,6 @@ class HAProxySpec(_Model):
             raise ValueError("the same socket is listed twice")
         return v
 
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, v: str) -> str:
-        if not _HAPROXY_NAME.fullmatch(v):
-            raise ValueError(f"{v!r} is not a valid HAProxy backend name "
-                             "(letters, digits, '-', '_', '.', ':')")
-        return v
 
 
 class WebhookSpec(_Model):

@@ -18,6 +18,8 @@ from pydantic import (
     model_validator,
 )
 
+from rollout_py.spec_types import http_url
+
 _SHARE = re.compile(r"^(\d{1,3}(?:\.\d{1,3})?)\s*%$")
 
 
@@ -191,9 +193,7 @@ class PrometheusGate(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, not {v!r}")
-        return v.rstrip("/")
+        return http_url(v).rstrip("/")
 
     @model_validator(mode="after")
     def _one(self) -> PrometheusGate:

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rollout_py.balancer.maps import validate_map_word
 from rollout_py.errors import UnsafeNameError
+from rollout_py.spec_types import BackendName, HttpUrl
 
-_HAPROXY_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _MAP_NAME = re.compile(r"^[A-Za-z0-9_.@:+-]{1,128}$")
 _MAP_PATH = re.compile(r"^/[A-Za-z0-9_./@:+-]{1,255}$")
 _PERCENT = re.compile(r"^(\d{1,3})%$")
@@ -24,34 +24,19 @@ class _Model(BaseModel):
 class PoolSpec(_Model):
     """One pool: its HAProxy backend and the inventory pattern of its hosts."""
 
-    backend: str
+    backend: BackendName
     hosts: str
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, v: str) -> str:
-        if not _HAPROXY_NAME.fullmatch(v):
-            raise ValueError(f"{v!r} is not a valid HAProxy backend name "
-                             "(letters, digits, '-', '_', '.', ':')")
-        return v
 
 
 class PreviewCheck(_Model):
     """Requests through the LB's preview route, which reaches the idle pool before the switch:
     each must answer ``status`` (and contain ``body``, templated with ``rollout_version``)."""
 
-    http: str
+    http: HttpUrl
     status: int = Field(200, ge=100, le=599)
     body: str | None = None
     requests: int = Field(20, ge=1, le=10000)
     timeout: float = Field(2.0, gt=0, le=60)
-
-    @field_validator("http")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, not {v!r}")
-        return v
 
 
 class ScaleDownSpec(_Model):

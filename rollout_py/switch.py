@@ -14,12 +14,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 
 from rollout_py import events as ev
 from rollout_py.analysis.counters import Counters, WindowDeltas, sample, window_deltas
-from rollout_py.analysis.judge import judge_window
+from rollout_py.analysis.judge import WindowVerdict, judge_window
 from rollout_py.analysis.run import AnalysisRun
 from rollout_py.balancer.routes import Router
 from rollout_py.errors import BalancerError
@@ -275,22 +276,10 @@ class SwitchSteps(SagaBase):
             verdict = judge_window(window, canary, old, judged,
                                    prometheus=self.settings.prometheus,
                                    ignore_metrics_unavailable=self.settings.ignore_metrics)
-            self.emit(ev.AnalysisWindow, batch=step.batch, step=step.step, purpose=step.purpose,
-                      window=window_no, canary=canary, baseline=old, **verdict.event_fields())
-            for gate, detail in verdict.ignored_metrics():
-                self.emit(ev.MetricsUnavailable, gate=gate, detail=detail)
-            status = run.add(verdict)
-            if status == "passed":
-                self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
-                          purpose=step.purpose, verdict="pass", cause=run.cause)
+            self._emit_window(step, window_no, canary, old, verdict, verdict.event_fields())
+            if self._conclude(step, run, verdict, f"post-switch analysis of {self.plan.backend}",
+                              self.plan.batches[0].hosts if self.plan.batches else ()):
                 return
-            if status == "failed":
-                cause = f"step {step.step} post-switch analysis of {self.plan.backend}: " \
-                        f"{run.cause}"
-                hosts = self.plan.batches[0].hosts if self.plan.batches else ()
-                self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
-                          purpose=step.purpose, verdict="fail", cause=cause, hosts=hosts)
-                raise BatchFailure("analysis", cause, hosts)
 
     def _scale_down(self, step: ScaleDown) -> None:
         """Holds ``after`` seconds (``rollout promote`` ends it early), then runs the
@@ -299,8 +288,10 @@ class SwitchSteps(SagaBase):
         self._hold(step.step, step.after, "plan")
         playbook = self._pools.scale_down_playbook
         assert playbook is not None
-        result = self.executor.run_playbook(playbook, step.hosts, {
-            "rollout_pool": step.backend}, label=f"scale-down-{step.backend}")
+        result = self.executor.run_playbook(
+            playbook, step.hosts, self._extravars(self.plan.version, step.batch,
+                                                  rollout_pool=step.backend),
+            label=f"scale-down-{step.backend}", cancel=self._aborted)
         bad = {h: o for h, o in result.hosts.items() if o != "ok"}
         self.emit(ev.PoolScaledDown, step=step.step, backend=step.backend, hosts=step.hosts,
                   ok=result.ok, detail="scaled down" if result.ok else
@@ -308,6 +299,15 @@ class SwitchSteps(SagaBase):
                   outcomes=dict(result.hosts))
 
     def _hold(self, step: int, duration: float | None, by: str) -> None:
+        raise NotImplementedError
+
+    def _emit_window(self, step: Analyse, window: int, canary: Sequence[str],
+                     baseline: Sequence[str], verdict: WindowVerdict,
+                     fields: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _conclude(self, step: Analyse, run: AnalysisRun, verdict: WindowVerdict, what: str,
+                  hosts: Sequence[str]) -> bool:
         raise NotImplementedError
 
     def _wait_controls(self, until: float, step: int) -> str | None:

@@ -162,6 +162,10 @@ class FakeExecutor:
                      cancel: Cancel | None = None) -> RunResult:
         version = str(extravars["rollout_version"])
         rollback = bool(extravars.get("rollout_rollback"))
+        if label.startswith("scale-down"):  # blue/green's old pool: its app stopped
+            self.fleet.record(f"scale-down {','.join(hosts)}")
+            self.fleet.down_hosts.update(hosts)
+            return RunResult("successful", 0, dict.fromkeys(hosts, "ok"), {})
         if label == "stage":
             self.fleet.record(f"stage {','.join(hosts)} -> {version}")
             for host in hosts:

@@ -12,10 +12,11 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from rollout_py import events as ev
 from rollout_py.analysis.counters import sample, window_deltas
-from rollout_py.analysis.judge import judge_window
+from rollout_py.analysis.judge import WindowVerdict, judge_window
 from rollout_py.analysis.run import AnalysisRun
 from rollout_py.balancer.fleet import wait_until
 from rollout_py.controls import Control
@@ -138,23 +139,36 @@ class TrafficSteps(SagaBase):
             if not baseline:
                 fields["reason"] = (f"{fields['reason']} (no old server left to compare with: "
                                     "the baseline gates are dropped)")
-            self.emit(ev.AnalysisWindow, batch=step.batch, step=step.step, purpose=step.purpose,
-                      window=window, canary=tuple(canary), baseline=baseline, **fields)
-            for gate, detail in verdict.ignored_metrics():
-                self.emit(ev.MetricsUnavailable, gate=gate, detail=detail)
+            self._emit_window(step, window, canary, baseline, verdict, fields)
             if verdict.verdict == "reset":
                 self._reapply_weights()
-            status = run.add(verdict)
-            if status == "passed":
-                self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
-                          purpose=step.purpose, verdict="pass", cause=run.cause)
+            if self._conclude(step, run, verdict, f"analysis of batch {step.batch}",
+                              batch.hosts):
                 return
-            if status == "failed":
-                cause = f"step {step.step} analysis of batch {step.batch}: {run.cause}"
-                self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
-                          purpose=step.purpose, verdict="fail", cause=cause,
-                          hosts=batch.hosts)
-                raise BatchFailure("analysis", cause, batch.hosts)
+
+    def _emit_window(self, step: Analyse, window: int, canary: Sequence[str],
+                     baseline: Sequence[str], verdict: WindowVerdict,
+                     fields: dict[str, Any]) -> None:
+        """Journals a judged window (and each unavailable metric let pass)."""
+        self.emit(ev.AnalysisWindow, batch=step.batch, step=step.step, purpose=step.purpose,
+                  window=window, canary=tuple(canary), baseline=tuple(baseline), **fields)
+        for gate, detail in verdict.ignored_metrics():
+            self.emit(ev.MetricsUnavailable, gate=gate, detail=detail)
+
+    def _conclude(self, step: Analyse, run: AnalysisRun, verdict: WindowVerdict, what: str,
+                  hosts: Sequence[str]) -> bool:
+        """Adds the window to the run: True once passed (journaled), raises once failed."""
+        status = run.add(verdict)
+        if status == "passed":
+            self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
+                      purpose=step.purpose, verdict="pass", cause=run.cause)
+            return True
+        if status == "failed":
+            cause = f"step {step.step} {what}: {run.cause}"
+            self.emit(ev.AnalysisFinished, batch=step.batch, step=step.step,
+                      purpose=step.purpose, verdict="fail", cause=cause, hosts=tuple(hosts))
+            raise BatchFailure("analysis", cause, hosts)
+        return False
 
     def _reapply_weights(self) -> None:
         """After a reload (counters went down) HAProxy is back at its configured weights:

@@ -120,6 +120,14 @@ def replace_map(api: RuntimeAPI, map_ref: str, entries: Mapping[str, str]) -> in
     prepared version is never committed (the live map is untouched; HAProxy drops it at the
     next ``prepare``).
     """
+    version = prepare_map(api, map_ref, entries)
+    commit_map(api, map_ref, version)
+    return version
+
+
+def prepare_map(api: RuntimeAPI, map_ref: str, entries: Mapping[str, str]) -> int:
+    """A new version of the map holding exactly ``entries``, unseen by requests until
+    ``commit_map``; every key and value validated before anything is sent."""
     validate_map_ref(map_ref)
     for key, value in entries.items():
         validate_map_word("key", key)
@@ -131,8 +139,12 @@ def replace_map(api: RuntimeAPI, map_ref: str, entries: Mapping[str, str]) -> in
     version = int(match.group(1))
     for key, value in entries.items():
         _expect_empty(api, f"add map @{version} {map_ref} {key} {value}")
-    _expect_empty(api, f"commit map @{version} {map_ref}")
     return version
+
+
+def commit_map(api: RuntimeAPI, map_ref: str, version: int) -> None:
+    """Swaps a prepared version in, atomically."""
+    _expect_empty(api, f"commit map @{version} {validate_map_ref(map_ref)}")
 
 
 def render_map_file(entries: Mapping[str, str]) -> str:

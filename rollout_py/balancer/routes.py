@@ -20,7 +20,9 @@ from typing import Protocol
 
 from rollout_py import failpoints
 from rollout_py.balancer.maps import (
+    commit_map,
     parse_show_map,
+    prepare_map,
     render_map_file,
     validate_map_ref,
     validate_map_word,
@@ -30,7 +32,6 @@ from rollout_py.balancer.transports import SshTransport, UnixTransport
 from rollout_py.errors import BalancerError, BalancerUnreachable
 
 _LISTED = re.compile(r"^(-?[0-9]+) \((.*?)\) ")
-_VERSION = re.compile(r"^New version created: ([0-9]+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +167,8 @@ class MapRouter:
                 if missing:
                     raise BalancerError(f"map {maps[api.url]} has no key "
                                         f"{', '.join(missing)}")
-                prepared[api.url] = self._prepare(api, maps[api.url],
-                                                  {**before[api.url], **changes})
+                prepared[api.url] = prepare_map(api, maps[api.url],
+                                               {**before[api.url], **changes})
             except BalancerError as exc:
                 failed[api.url] = str(exc)
         if failed:  # nothing committed anywhere: the prepared versions are never used
@@ -175,9 +176,7 @@ class MapRouter:
         committed: list[tuple[RuntimeAPI, float]] = []
         for api in self.apis:
             try:
-                answer = api.raw(f"commit map @{prepared[api.url]} {maps[api.url]}")
-                if answer.strip():
-                    raise BalancerError(f"HAProxy refused the commit: {answer.strip()}")
+                commit_map(api, maps[api.url], prepared[api.url])
                 committed.append((api, time.time()))
                 if len(committed) < len(self.apis):  # a test's kill -9 between two LBs
                     failpoints.hit("between-lb-commits")
@@ -196,27 +195,13 @@ class MapRouter:
             out.append(LbSwitch(api.url, after, at, maps[api.url], error))
         return SwitchOutcome(switched=tuple(out))
 
-    @staticmethod
-    def _prepare(api: RuntimeAPI, map_ref: str, entries: Mapping[str, str]) -> int:
-        answer = api.raw(f"prepare map {map_ref}")
-        match = _VERSION.fullmatch(answer.strip())
-        if match is None:
-            raise BalancerError(f"HAProxy refused 'prepare map {map_ref}': {answer.strip()}")
-        version = int(match.group(1))
-        for key, value in entries.items():
-            answer = api.raw(f"add map @{version} {map_ref} {key} {value}")
-            if answer.strip():
-                raise BalancerError(f"HAProxy refused an entry of map {map_ref}: "
-                                    f"{answer.strip()}")
-        return version
-
     def _undo(self, apis: Sequence[RuntimeAPI], maps: Mapping[str, str],
               before: Mapping[str, Mapping[str, str]]) -> None:
         """Puts the entries back on LBs already committed (best effort: an LB that does not
         answer keeps the switch, and the caller reports the whole switch as failed)."""
         for api in apis:
             try:
-                version = self._prepare(api, maps[api.url], before[api.url])
-                api.raw(f"commit map @{version} {maps[api.url]}")
+                commit_map(api, maps[api.url], prepare_map(api, maps[api.url],
+                                                            before[api.url]))
             except (BalancerError, BalancerUnreachable):
                 continue

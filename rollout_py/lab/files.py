@@ -1,9 +1,9 @@
-"""Files ``lab up`` writes for users and tools: inventory, SSH config, ansible.cfg, rollout.yml
-and rollout-canary.yml."""
+"""Files ``lab up`` writes for users and tools: inventory, SSH config, ansible.cfg, rollout.yml,
+rollout-canary.yml and (with pools) rollout-bluegreen.yml."""
 
 from __future__ import annotations
 
-from rollout_py.lab import flagfiles, shaping
+from rollout_py.lab import flagfiles, pools, shaping
 from rollout_py.lab.haproxy import BACKEND
 from rollout_py.lab.layout import APP_PORT, Layout
 from rollout_py.resources import playbook, roles_path
@@ -141,14 +141,53 @@ canary:
     - analysis: {{duration: 20}}
     - traffic: 50%
     - analysis: {{duration: 20}}
-analysis:
+{ANALYSIS}{gate}"""
+
+
+# The lab's analysis section (canary and blue/green specs): windows of 5 s, 50 requests at
+# least, absolute and baseline-relative gates on errors and latency.
+ANALYSIS = """analysis:
   interval: 5
   min_requests: 50
   on_inconclusive: hold
   inconclusive_limit: 6
   failure_limit: 1
   gates:
-    - error_rate: {{max: 1%}}
-    - error_rate: {{max_over_baseline: 0.5%}}
-    - latency: {{field: rtime, max_ms: 250, max_ratio_to_baseline: 1.5}}
-{gate}"""
+    - error_rate: {max: 1%}
+    - error_rate: {max_over_baseline: 0.5%}
+    - latency: {field: rtime, max_ms: 250, max_ratio_to_baseline: 1.5}
+"""
+
+
+def bluegreen_spec(layout: Layout, rolling: str) -> str:
+    """``rollout-bluegreen.yml``: the lab's rolling spec (``rolling``, its text) as blue/green
+    over both pools: preview checks through every LB's preview frontend, a post-switch
+    analysis of 20 s against the old pool's windows before the switch."""
+    keep = []
+    skip = False
+    for line in rolling.split("\n")[1:]:
+        top = line.split(":", 1)[0]
+        if line and not line.startswith((" ", "#")):
+            skip = top in ("hosts", "batches", "max_unavailable", "stage", "name")
+        if not skip:
+            keep.append(line)
+    pools_yaml = "".join(f"    {p.name}: {{backend: {p.backend}, hosts: {p.name}}}\n"
+                         for p in layout.pools)
+    previews = "".join(f"    - http: \"http://127.0.0.1:{lb.preview_port}/version\"\n"
+                       f"      body: \"{{{{ rollout_version }}}}\"\n"
+                       f"      requests: 20\n" for lb in layout.lbs)
+    body = "\n".join(keep).rstrip("\n")
+    return f"""# A blue/green rollout spec for this lab, written by `rollout lab up --pools 2`.
+name: lab
+hosts: app
+{body}
+strategy: blue_green
+blue_green:
+  pools:
+{pools_yaml}  map: {pools.MAP_NAME}
+  live_key: {pools.LIVE_KEY}
+  preview_key: {pools.PREVIEW_KEY}
+  preview:
+{previews}  min_up: "100%"
+  analysis_duration: 20
+{ANALYSIS}"""

@@ -228,7 +228,7 @@ def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
     (layout.path / "rollout-canary.yml").write_text(files.canary_spec(layout))
     if pools.enabled(layout):
         (layout.path / "rollout-bluegreen.yml").write_text(
-            pools.bluegreen_spec(layout, files.rollout_spec(layout)))
+            files.bluegreen_spec(layout, files.rollout_spec(layout)))
     _wait_ready(layout, say)
     if prom is not None:
         prometheus.wait_ready(layout, prom, deadline=time.monotonic() + 30)

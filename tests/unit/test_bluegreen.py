@@ -54,19 +54,22 @@ def new_fleet(scenario: Scenario) -> tuple[FakeFleet, FakeRouter]:
 
 
 def make_engine(fleet: FakeFleet, router: FakeRouter, sinks: list[Callable[[ev.Event], None]],
-                *, min_up: int | str = "100%", post_switch: float = 0.03) -> Engine:
+                *, min_up: int | str = "100%", post_switch: float = 0.03,
+                scale_down: float | None = None) -> Engine:
     plan = make_plan(
         name="t", version="2.0", fleet=GREEN, targets=GREEN, servers={h: h for h in GREEN},
         batches=[1], max_unavailable=None, current_versions={}, force=False,
         backend="app_green", sockets=list(LBS), on_failure="rollback_batch", playbook="p.yml",
         rollback_playbook=None, drain_timeout=0.05, pause_between_batches=0,
         strategy="blue_green", live_backend="app_blue", post_switch=post_switch,
-        gates=["error_rate <= 5%"], interval=ANALYSIS.interval)
+        gates=["error_rate <= 5%"], interval=ANALYSIS.interval,
+        scale_down=None if scale_down is None else (scale_down, BLUE))
     health = HealthSpec(deadline=0.02, interval=0.002, consecutive=1,
                         probes=[HttpProbe(http="http://x")])
     pools = PoolSettings(router=router, live_key="live", preview_key="preview",
                          live_backend="app_blue", live_servers=BLUE, live_hosts=BLUE,
-                         min_up=min_up, baseline_seconds=0.02 if post_switch else 0.0)
+                         min_up=min_up, baseline_seconds=0.02 if post_switch else 0.0,
+                         scale_down_playbook="stop.yml" if scale_down is not None else None)
     return Engine(plan, executor=fleet.executor(), balancer=fleet.balancer(),
                   prober=fleet.prober(), checks=fleet.checks,
                   settings=Settings(health=health, drain_timeout=0.05, up_timeout=0.02,
@@ -273,3 +276,24 @@ def test_switch_back_killed_between_the_lbs_is_finished_by_resume() -> None:
     assert router.live == {LBS[0]: "app_blue", LBS[1]: "app_green"}
     result = switch_back_engine(fleet, router, []).run(resume=journal)
     assert result.status == "succeeded" and router.live == dict.fromkeys(LBS, "app_blue")
+
+
+def test_the_old_pool_is_scaled_down_after_the_hold_once_the_new_one_passed() -> None:
+    fleet, router = new_fleet(SCENARIOS[0])
+    events: list[ev.Event] = []
+    result = make_engine(fleet, router, [events.append], scale_down=0.01).run()
+    assert result.status == "succeeded", result.cause
+    assert fleet.log[-1] == "scale-down b1,b2"
+    kinds = [e.kind for e in events]
+    assert kinds.index("analysis_finished") < kinds.index("pause_started") < \
+        kinds.index("pause_ended") < kinds.index("pool_scaled_down")
+    [down] = [e for e in events if isinstance(e, ev.PoolScaledDown)]
+    assert down.ok and down.hosts == BLUE and down.backend == "app_blue"
+
+
+def test_no_scale_down_after_a_failed_post_switch_analysis() -> None:
+    fleet, router = new_fleet(SCENARIOS[1])
+    result = make_engine(fleet, router, [], scale_down=0.01).run()
+    assert result.status == "rolled_back"
+    assert not [line for line in fleet.log if line.startswith("scale-down")]
+    assert router.live == dict.fromkeys(LBS, "app_blue")

@@ -91,3 +91,20 @@ def test_lab_json_round_trips_and_an_old_one_loads(tmp_path: Path) -> None:
     old = Layout.load(tmp_path)
     assert old is not None and old.n_pools == 1 and old.pools == []
     assert old.lbs[0].map_path is None and old.describe()["pools"] == []
+
+
+def test_the_blue_green_spec_is_valid_and_previews_through_every_lb(tmp_path: Path) -> None:
+    import yaml
+
+    from rollout_py.spec import parse_spec
+
+    layout = _layout(tmp_path, 2)
+    text = files.bluegreen_spec(layout, files.rollout_spec(layout))
+    spec = parse_spec(yaml.safe_load(text))
+    assert spec.strategy == "blue_green" and spec.hosts == "app" and spec.blue_green
+    assert {n: (p.backend, p.hosts) for n, p in spec.blue_green.pools.items()} == {
+        "blue": ("app_blue", "blue"), "green": ("app_green", "green")}
+    assert spec.blue_green.map == "pools.map"
+    assert [c.http for c in spec.blue_green.preview] == [
+        "http://127.0.0.1:4005/version", "http://127.0.0.1:4006/version"]
+    assert spec.analysis is not None and spec.blue_green.analysis_duration == 20
