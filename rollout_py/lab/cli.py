@@ -236,7 +236,8 @@ def _class_load(url: str, classes: tuple[str, ...], duration: float, keepalive: 
 @click.option("--duration", type=click.FloatRange(0.1, 86400), default=None,
               help="Seconds to watch (default: until Ctrl-C).")
 @click.option("--max-unavailable", type=click.IntRange(0), default=None,
-              help="Flag every moment more servers than this are out of rotation (exit 1).")
+              help="Flag every moment more servers than this are out of rotation (exit 1); "
+                   "with pools, per backend while it serves live traffic.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--records", type=click.Path(path_type=Path), default=None,
               help="Write every sample as JSON lines here.")
@@ -246,9 +247,8 @@ def watch(lab_dir: Path, hz: float, duration: float | None, max_unavailable: int
     import signal
     import threading
     import time
-    from datetime import datetime
 
-    from rollout_py.lab.watch import Watcher
+    from rollout_py.lab.watch import Watcher, summary_lines
 
     layout = Layout.load(lab_dir.absolute())
     if layout is None or layout.state != "up":
@@ -257,7 +257,8 @@ def watch(lab_dir: Path, hz: float, duration: float | None, max_unavailable: int
     previous = signal.signal(signal.SIGINT, lambda _sig, _frame: done.set())
     try:
         watcher = Watcher.for_lab(layout, max_unavailable=max_unavailable, hz=hz)
-        click.echo(f"watching {', '.join(watcher.names)} (backend {watcher.backend}) at {hz:g} Hz"
+        click.echo(f"watching {', '.join(watcher.names)} (backend "
+                   f"{', '.join(watcher.backends)}) at {hz:g} Hz"
                    + (f" for {duration:g} s" if duration else "; Ctrl-C to stop"), err=True)
         deadline = None if duration is None else time.monotonic() + duration
         watcher.start()
@@ -277,28 +278,5 @@ def watch(lab_dir: Path, hz: float, duration: float | None, max_unavailable: int
         click.echo(json.dumps(summary.to_json(), indent=2))
         return 1 if summary.violations else 0
 
-    def clock(ts: float) -> str:
-        return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
-
-    click.echo(f"watched {summary.backend} on {', '.join(summary.lbs)} for "
-               f"{summary.stopped - summary.started:.1f} s ({clock(summary.started)} to "
-               f"{clock(summary.stopped)})")
-    for lb in summary.lbs:
-        click.echo(f"  {lb}: {summary.samples[lb]} samples, {summary.rate_hz[lb]:g} Hz, "
-                   f"{summary.errors[lb]} errors")
-    limit = "no limit" if summary.max_unavailable is None else \
-        f"limit {summary.max_unavailable}"
-    click.echo(f"  max out of rotation: {summary.max_out_of_rotation} of {len(summary.servers)} "
-               f"({limit}); min in rotation: {summary.min_in_rotation}")
-    windows = summary.violation_windows()
-    click.echo(f"  violations: {len(windows)} window(s), {len(summary.violations)} moment(s)")
-    for w in windows:
-        click.echo(f"    {clock(w.start)} to {clock(w.end)} ({w.end - w.start:.2f} s): "
-                   f"{w.max_out} out > {w.limit}: {', '.join(w.out_of_rotation)}")
-    click.echo("  out of rotation (seconds):")
-    for srv in summary.servers:
-        spans = summary.out_intervals[srv]
-        states = ", ".join(dict.fromkeys(i.state for i in spans))
-        click.echo(f"    {srv:<8} {summary.total_out_seconds(srv):7.2f}"
-                   + (f"  in {len(spans)} span(s): {states}" if spans else ""))
+    click.echo("\n".join(summary_lines(summary)))
     return 1 if summary.violations else 0

@@ -1,4 +1,4 @@
-"""Blue/green routes over a watch: each LB's map changes, LBs disagreeing on live, capacity per backend.
+"""Blue/green over a watch: each LB's map changes, LBs disagreeing on live, capacity per pool.
 
 Everything here comes from the samples, so time is known to one sampling period: a route that
 changed between two samples of an LB changed somewhere between them. A window during which the
