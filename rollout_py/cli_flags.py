@@ -109,7 +109,9 @@ def list_(spec_file: Path, inventory: str | None, state_dir: Path | None, on_hos
         if "last_change" in info:
             c = info["last_change"]
             lines.append(f"last change: {c['command']} {c['flag']} {c['target']}: "
-                         f"{c['status']} ({c['change_id']})")
+                         f"{c['status']} ({c['change_id']})" + (
+                             " - the next flag command finishes it (a ramp is reverted)"
+                             if c["status"] == "unfinished" else ""))
         if "hosts" in info:
             lines.append(f"hosts: {len(info['hosts']) - len(differ)}/{len(info['hosts'])} "
                          "hold the controller's copy")

@@ -4,9 +4,10 @@ journaled like deploys.
 Each command validates the controller's flag file and the edit first (FlagError, exit 2, with
 ``file:line:col``: nothing touched), then takes the fleet's locks (the state directory's and
 the lease on every LB: a running deploy and a flag change exclude each other), finishes an
-earlier change its controller left unfinished (a ramp is reverted; a set or kill is
-completed), and runs the change (rollout_py.flag_change) with its own journal in
-``<state_dir>/flags/<change_id>/`` (``rollout status`` and ``history`` read ``deploys/``).
+earlier change its controller left unfinished (a ramp is reverted, a set or kill is
+completed; before a kill, the kill's own push does it), and runs the change
+(rollout_py.flag_change) with its own journal in ``<state_dir>/flags/<change_id>/``
+(``rollout status`` and ``history`` read ``deploys/``).
 
 Example:
     >>> spec = load_spec("rollout.yml")  # doctest: +SKIP
@@ -200,7 +201,11 @@ def _change(spec: Spec, command: fev.FlagCommand, name: str, *, variant: str | N
                           effect_urls=urls, header=effect.header_for(name) if effect else "",
                           fetch=fetch)
         for path, events in _unfinished(state):
-            if path.name != change_id:
+            if path.name == change_id:
+                continue
+            if command == "kill":  # an emergency: its own push replaces what was left
+                _supersede(path, events, hosts, controller, sinks, change_id)
+            else:
                 _recover(path, events, hosts, controller, sinks, sleep)
         journal = Journal(record / "journal.jsonl")
         change = FlagChange(change_id, command=command, flag=name, hosts=hosts,
@@ -316,6 +321,25 @@ def _recover(path: Path, events: list[Event], hosts: FlagHosts, controller: Path
         if left:
             return change.finish("failed", "recovered, but not on every host", left)
         return change.finish("ok", f"recovered: the {started.command} was completed")
+    finally:
+        journal.close()
+
+
+def _supersede(path: Path, events: list[Event], hosts: FlagHosts, controller: Path,
+               sinks: Sequence[Sink], by: str) -> None:
+    """An unfinished change closed without a push of its own, because a kill comes next: the
+    kill writes the controller's copy (which never held the unfinished change) with the flag
+    killed on every host, which undoes it."""
+    started = next(e for e in events if isinstance(e, fev.FlagChangeStarted))
+    journal = Journal(path / "journal.jsonl")
+    change = FlagChange(path.name, command=started.command, flag=started.flag, hosts=hosts,
+                        controller=controller, before=started.before, sinks=[journal, *sinks])
+    change.seq = events[-1].seq
+    cause = (f"recovered: the controller stopped during this {started.command}; superseded "
+             f"by kill {by}, whose file (the controller's copy, flag killed) replaces it")
+    try:
+        change.emit(fev.FlagRevertStarted, cause=cause)
+        change.finish("reverted", cause)
     finally:
         journal.close()
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rollout_py.spec_types import HttpUrl
+
 _PERCENT = re.compile(r"^\s*(\d{1,3})\s*%\s*$")
 
 
@@ -55,19 +57,12 @@ class EffectCheck(_Model):
     """How to see that a host serves a change: GET ``url`` on the host, read ``header``
     (``{flag}`` becomes the flag's name), expect the variant's name."""
 
-    url: str
+    url: HttpUrl
     header: str = "X-Flag-{flag}"
     timeout: float = Field(15, gt=0, le=600)  # seconds for every host to serve the change
     # A fractional split cannot be seen in one response: after its push, wait this long
     # (the provider's file poll) before judging.
     settle: float = Field(1.0, ge=0, le=60)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, not {v!r}")
-        return v
 
     def header_for(self, flag: str) -> str:
         return self.header.replace("{flag}", flag)

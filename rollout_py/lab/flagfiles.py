@@ -8,10 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from rollout_py.flags.edit import to_json
 from rollout_py.flags.model import FlagFile, parse_flags
 from rollout_py.lab import appenv
-from rollout_py.lab.layout import HOST_FLAGS_PATH, Layout
+from rollout_py.lab.layout import APP_PORT, HOST_FLAGS_PATH, Layout
 
 FLAG = "new-greeting"
 CONTROLLER_FILE = "flags.json"  # beside rollout.yml
@@ -64,12 +66,14 @@ def write_controller(layout: Layout, flags: FlagFile) -> Path:
 
 
 def flags_section(layout: Layout) -> dict[str, Any]:
-    """The lab specs' ``flags:`` section: the controller copy (relative to the spec) and where
-    every host's app reads it."""
-    return {"file": CONTROLLER_FILE, "path": HOST_FLAGS_PATH}
+    """The lab specs' ``flags:`` section: the controller copy (relative to the spec), where
+    every host's app reads it, lab-sized ramp windows, and how to see a host serve a change
+    (the app's variant header on /)."""
+    return {"file": CONTROLLER_FILE, "path": HOST_FLAGS_PATH,
+            "step_duration": 20, "baseline_duration": 10,
+            "effect": {"url": f"http://{{{{ ansible_host }}}}:{APP_PORT}/"}}
 
 
 def spec_yaml(layout: Layout) -> str:
     """:func:`flags_section` as the lab specs write it."""
-    return "flags:\n" + "".join(f"  {key}: {value}\n"
-                                 for key, value in flags_section(layout).items())
+    return yaml.safe_dump({"flags": flags_section(layout)}, sort_keys=False)

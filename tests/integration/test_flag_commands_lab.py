@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from rollout_py.flags.edit import set_variant, to_json
 from rollout_py.flags.model import load_flags
@@ -38,6 +39,15 @@ def flag_spec(lab: Layout) -> Path:
                "baseline_duration": 4,
                "effect": {"url": "http://{{ ansible_host }}:8080/", "timeout": 15,
                           "settle": 1}})
+
+
+def no_effect_spec(lab: Layout) -> Path:
+    """The lab's spec without its effect check (release 1.0 knows no flags: nothing to see)."""
+    path = write_spec(lab, lab.path / "rollout-noeffect.yml")
+    data = yaml.safe_load(path.read_text())
+    data["flags"].pop("effect")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def host_files(lab: Layout) -> dict[str, bytes]:
@@ -73,8 +83,7 @@ def test_files_on_the_hosts_malformed_set_kill_and_list(lab: Layout) -> None:
         controller.write_text(good)
         want = to_json(set_variant(load_flags(controller), FLAG, "on"))
 
-        code, result, events, err = flag("set", FLAG, "on", spec=spec.with_name(
-            "rollout.yml"))  # the lab's own spec: no effect check (release 1.0 knows no flags)
+        code, result, events, err = flag("set", FLAG, "on", spec=no_effect_spec(lab))
         assert code == 0, err
         assert set(host_files(lab).values()) == {want.encode()}
         assert controller.read_text() == want
@@ -82,7 +91,7 @@ def test_files_on_the_hosts_malformed_set_kill_and_list(lab: Layout) -> None:
         proc = rollout_cli("flag", "list", "-f", str(spec), "--hosts")
         assert proc.returncode == 0 and "4/4 hold the controller's copy" in proc.stdout
 
-        code, result, events, err = flag("kill", FLAG, spec=spec.with_name("rollout.yml"))
+        code, result, events, err = flag("kill", FLAG, spec=no_effect_spec(lab))
         assert code == 0, err
         pushed = [e for e in events if e["event"] == "flag_pushed"]
         assert len(pushed) == 1 and set(pushed[0]["hosts"].values()) == {"ok"}

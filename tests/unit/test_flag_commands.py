@@ -241,14 +241,37 @@ def test_a_controller_death_mid_ramp_is_reverted_by_the_next_command(spec: Spec)
     assert not isinstance(read_journal(dead / "journal.jsonl")[-1], ev.FlagChangeFinished)
 
     events: list[ev.Event] = []
-    result = flag_kill(spec, FLAG, **opts(fleet, hosts, events))
+    result = flag_set(spec, FLAG, "off", **opts(fleet, hosts, events))
     assert result.status == "ok"
     old = read_journal(dead / "journal.jsonl")
     assert isinstance(old[-1], ev.FlagChangeFinished) and old[-1].status == "reverted"
     assert "recovered" in old[-1].cause
     assert [e.seq for e in old] == list(range(1, len(old) + 1))
     revert_push = [line for line in fleet.log if line.startswith("flag push")][-2]
-    assert revert_push.startswith("flag push flag-revert")  # reverted before the kill ran
+    assert revert_push.startswith("flag push flag-revert")  # reverted before the set ran
+
+
+def test_a_kill_after_a_controller_death_mid_ramp_needs_no_revert_push_first(
+        spec: Spec) -> None:
+    fleet, hosts = fake({"on": 0.0})
+
+    def die(e: ev.Event) -> None:
+        if isinstance(e, ev.FlagWindow):
+            raise Killed
+
+    with pytest.raises(Killed):
+        flag_ramp(spec, FLAG, to=50, **opts(fleet, hosts, [], sinks=[die]))
+    pushes = len([line for line in fleet.log if line.startswith("flag push")])
+    result = flag_kill(spec, FLAG, **opts(fleet, hosts, []))
+    assert result.status == "ok"
+    after = [line for line in fleet.log if line.startswith("flag push")][pushes:]
+    assert len(after) == 1 and after[0].startswith("flag push flag-kill")
+    (dead,) = [p for p in (spec.state_path() / "flags").iterdir()
+               if p.name != result.change_id]
+    old = read_journal(dead / "journal.jsonl")
+    assert isinstance(old[-1], ev.FlagChangeFinished) and "superseded by kill" in old[-1].cause
+    killed = json.loads(hosts.files["h1"])["flags"][FLAG]
+    assert (killed["defaultVariant"], killed["targeting"]) == ("off", {})
 
 
 def test_a_locked_fleet_is_refused_before_any_push(spec: Spec) -> None:
@@ -330,3 +353,15 @@ def test_the_cli_refuses_a_bad_percentage_and_says_a_refusal_in_json(spec: Spec)
     result = json.loads(refused.output.strip().splitlines()[-1])["result"]
     assert (result["status"], result["exit_code"]) == ("refused", 2)
     assert "flags.json:1:17: flags.x: a flag is an object" in result["cause"]
+
+
+def test_a_ramp_without_traffic_to_judge_is_refused_after_the_baseline(spec: Spec) -> None:
+    fleet, hosts = fake({"on": 1.0})
+    fleet.requests_per_read = 0
+    before = dict(hosts.files)
+    events: list[ev.Event] = []
+    result = flag_ramp(spec, FLAG, to=50, **opts(fleet, hosts, events))
+    assert (result.status, result.exit_code) == ("refused", 2)
+    assert "too few requests before the ramp" in result.cause
+    assert [e.step for e in events if isinstance(e, ev.FlagPushStarted)] == [0]
+    assert hosts.files == before

@@ -259,7 +259,9 @@ def test_flag_files_on_hosts_and_beside_the_specs(tmp_path: Path) -> None:
         assert load_flags(path).flag("new-greeting").default_variant == "off"
         assert path.read_text() == controller.read_text()
     assert controller == tmp_path / "flags.json"
-    assert flagfiles.flags_section(layout) == {"file": "flags.json", "path": HOST_FLAGS_PATH}
+    assert flagfiles.flags_section(layout) == {
+        "file": "flags.json", "path": HOST_FLAGS_PATH, "step_duration": 20,
+        "baseline_duration": 10, "effect": {"url": "http://{{ ansible_host }}:8080/"}}
     assert layout.describe()["flags"] == {"file": str(controller), "path": HOST_FLAGS_PATH,
                                           "python": None}
     assert not list(tmp_path.rglob("*.tmp"))
