@@ -13,8 +13,9 @@ the same statement about the fleet:
   observed counts (fleet window against baseline windows), with margin ``s m``: p_v - p_b > m
   exactly when fleet - baseline > s m;
 * ``latency.max_ms: M``  ->  fleet average > ``(1 - s) L_b + s M``;
-  ``max_ratio_to_baseline: r``  ->  fleet / L_b > ``1 + s (r - 1)``, ``min_difference_ms``
-  scaled by *s*;
+  ``max_ratio_to_baseline: r``  ->  fleet / L_b > ``1 + s (r - 1)``; ``min_difference_ms``
+  stays as written: it is the noise floor, and HAProxy's averages are whole milliseconds
+  (scaled to 0.5 ms at 10 %, a 1 ms average against a 0.5 ms baseline failed a good variant);
 * ``prometheus`` gates are asked as written (``$canary`` and ``$baseline`` both name every
   server of the backend).
 
@@ -87,8 +88,7 @@ def scaled_gates(spec: AnalysisSpec, share: float, baseline: Group) -> AnalysisS
                 "max_ms": None if lat.max_ms is None else lat.max_ms if l_b is None
                 else (1 - s) * l_b + s * lat.max_ms,
                 "max_ratio_to_baseline": None if lat.max_ratio_to_baseline is None
-                else 1 + s * (lat.max_ratio_to_baseline - 1),
-                "min_difference_ms": s * lat.min_difference_ms})))
+                else 1 + s * (lat.max_ratio_to_baseline - 1)})))
         else:
             gates.append(gate)
     return spec.model_copy(update={"gates": gates})
