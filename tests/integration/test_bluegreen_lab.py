@@ -31,6 +31,7 @@ from rollout_py.lab import lab as lab_mod
 from rollout_py.lab import pools as lab_pools
 from rollout_py.lab.layout import Layout
 from rollout_py.lab.load import LoadGenerator, Summary
+from rollout_py.lab.watch import Watcher, WatchSummary
 from rollout_py.procs import Proc
 from tests.integration.conftest import LabFactory
 from tests.integration.deploykit import versions
@@ -87,10 +88,14 @@ class Runner:
 
     def __init__(self, lab: Layout) -> None:
         self.lab = lab
+        self.watch: WatchSummary | None = None
 
     def run(self, *args: str, hooks: dict[str, Callable[[dict[str, Any]], None]] | None = None,
             env: dict[str, str] | None = None, load: bool = True
             ) -> tuple[int, list[dict[str, Any]], dict[str, Any] | None, list[Summary]]:
+        """Every LB is watched at 10 Hz meanwhile (``self.watch``): no server of the pool
+        serving live traffic may leave rotation (max_unavailable 0 per live backend)."""
+        watcher = Watcher.for_lab(self.lab, max_unavailable=0).start()
         gens = [LoadGenerator(f"http://127.0.0.1:{lb.port}/", rps=RPS_PER_LB,
                               duration=3600).start() for lb in self.lab.lbs] if load else []
         child = subprocess.Popen([sys.executable, "-m", "rollout_py", *args, "--json"],
@@ -117,6 +122,8 @@ class Runner:
             assert child.stdout is not None
             child.stdout.close()
             summaries = [g.stop() for g in gens]
+            self.watch = watcher.stop()
+        assert not self.watch.violations, self.watch.violations[:5]
         return child.returncode, events, result, summaries
 
 
@@ -132,9 +139,14 @@ def test_switch_under_300_rps_loses_nothing_and_survives_a_reload(
     old = next(iter(before.values()))
     new = next(p.backend for p in lab.pools if p.backend != old)
     build(lab, "2.0")
-    code, events, result, loads = Runner(lab).run("deploy", "-f", str(spec), "--version",
-                                                  "2.0")
+    runner = Runner(lab)
+    code, events, result, loads = runner.run("deploy", "-f", str(spec), "--version", "2.0")
     assert code == 0, (result, [e["event"] for e in events][-8:])
+    assert runner.watch is not None
+    assert [len(runner.watch.route_changes[lb.name]) for lb in lab.lbs] == [2, 2]  # live+preview
+    seen, low, high = runner.watch.disagreement_seconds()
+    print(f"\nlab watch: the LBs disagreed on the live pool for {seen:.3f} s (between "
+          f"{low:.3f} and {high:.3f} s, from 10 Hz samples)")
     assert sum(s.failed for s in loads) == 0, [s.failures for s in loads]
     assert sum(s.sent for s in loads) > 0
     [finished] = of(events, "switch_finished")

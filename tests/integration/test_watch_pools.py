@@ -142,8 +142,8 @@ def test_watch_records_each_lbs_switch_and_the_window_they_disagreed(
     assert summary.out_intervals[f"{GREEN}/app03"] != []  # recorded all the same
     assert summary.capacity[GREEN].live_seconds > 0 and summary.capacity[BLUE].live_seconds > 0
     assert summary.capacity[GREEN].max_out_while_live == 0
-    for lb in lab.lbs:  # flipped back
-        assert pools.lb_status(lab, lb, apis[lb.name])["live"] == "blue"
+    for lb_spec in lab.lbs:  # flipped back
+        assert pools.lb_status(lab, lb_spec, apis[lb_spec.name])["live"] == "blue"
 
 
 def test_cli_watch_shows_routes_and_an_open_disagreement(

@@ -256,7 +256,8 @@ def test_watcher_with_maps_records_routes_and_summarises_pools() -> None:
             assert time.monotonic() < deadline, (lb, live)
             time.sleep(0.005)
 
-    poll("lb1", "app_blue"), poll("lb2", "app_blue")
+    poll("lb1", "app_blue")
+    poll("lb2", "app_blue")
     t1.live = "app_green"
     poll("lb1", "app_green")
     t2.live = "app_green"
