@@ -1,8 +1,8 @@
 """``rollout switch-back``: every LB's live route back to the other pool of a blue/green
 fleet, at once, journaled and locked like a deploy.
 
-Exit codes as for deploys: 0 switched, 1 refused by the floor or an LB (nothing left
-switched), 2 bad input, 4 locked, 130 interrupted.
+Exit codes as for deploys: 0 switched, 5 refused by the capacity floor (nothing switched),
+1 an LB refused (nothing left switched), 2 bad input, 4 locked, 130 interrupted.
 """
 
 from __future__ import annotations

@@ -132,7 +132,8 @@ def status(spec: Spec, *, state_dir: str | Path | None = None) -> dict[str, Any]
     servers: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     flagged: list[dict[str, str]] = []
-    wanted = set(ctx.servers.values())
+    backends = _backends(spec, ctx)  # backend -> its servers
+    live: dict[str, str | None] = {}
     try:
         fleet = open_balancer(spec)
     except RolloutError as exc:
@@ -141,30 +142,63 @@ def status(spec: Spec, *, state_dir: str | Path | None = None) -> dict[str, Any]
         try:
             for api in fleet.apis:
                 try:
-                    states = {s.name: s for s in api.servers_state(spec.haproxy.backend)}
+                    live[api.url] = _live_backend(spec, api)
+                    for backend, wanted in backends.items():
+                        servers.setdefault(api.url, {}).update(_read_servers(
+                            api, backend, wanted, flagged,
+                            judged=live[api.url] in (None, backend)))
                 except BalancerError as exc:
                     errors[api.url] = str(exc)
-                    continue
-                servers[api.url] = {}
-                for name in sorted(wanted):
-                    st = states.get(name)
-                    if st is None:
-                        flagged.append({"lb": api.url, "server": name, "problem": "missing"})
-                        continue
-                    servers[api.url][name] = {"admin": st.admin, "op": st.op,
-                                              "weight": st.weight, "in_rotation": st.in_rotation}
-                    problem = ("maint" if st.maint else "drained" if st.drain else
-                               "down" if not st.running else "weight 0" if st.weight == 0
-                               else None)
-                    if problem:
-                        flagged.append({"lb": api.url, "server": name, "problem": problem})
         finally:
             fleet.close()
-    return {
+    out = {
         "schema": STATUS_SCHEMA, "fleet": spec.name, "state_dir": str(state.root),
         "lock": asdict(holder) if holder else None, "deploy": last, "servers": servers,
         "flagged": flagged, "lb_errors": errors,
     }
+    if spec.blue_green is not None:  # only the pool live on an LB is judged there
+        out["pools"] = {"live": live, "backends": {b: sorted(v) for b, v in backends.items()}}
+    return out
+
+
+def _backends(spec: Spec, ctx: Any) -> dict[str, set[str]]:
+    """Backend -> the servers of the spec's hosts in it (blue/green: each pool's)."""
+    if spec.blue_green is None:
+        return {spec.haproxy.backend: set(ctx.servers.values())}
+    from rollout_py.api_pools import pool_hosts
+
+    return {b: {ctx.servers[h] for h in hosts} for b, hosts in pool_hosts(spec, ctx).items()}
+
+
+def _live_backend(spec: Spec, api: Any) -> str | None:
+    """Blue/green: the backend the LB's live route serves now (None for other specs)."""
+    if spec.blue_green is None:
+        return None
+    from rollout_py.balancer.routes import MapRouter
+
+    router = MapRouter([api], spec.blue_green.map)
+    return router.entries()[api.url].get(spec.blue_green.live_key)
+
+
+def _read_servers(api: Any, backend: str, wanted: set[str], flagged: list[dict[str, str]],
+                  *, judged: bool) -> dict[str, Any]:
+    """Each wanted server's live state in ``backend`` on one LB; with ``judged``, a server
+    out of rotation, DOWN, at weight 0 or missing is flagged."""
+    states = {s.name: s for s in api.servers_state(backend)}
+    out: dict[str, Any] = {}
+    for name in sorted(wanted):
+        st = states.get(name)
+        if st is None:
+            if judged:
+                flagged.append({"lb": api.url, "server": name, "problem": "missing"})
+            continue
+        out[name] = {"admin": st.admin, "op": st.op, "weight": st.weight,
+                     "in_rotation": st.in_rotation}
+        problem = ("maint" if st.maint else "drained" if st.drain else
+                   "down" if not st.running else "weight 0" if st.weight == 0 else None)
+        if problem and judged:
+            flagged.append({"lb": api.url, "server": name, "problem": problem})
+    return out
 
 
 def rollback_target(spec: Spec, *, state_dir: str | Path | None = None) -> str:

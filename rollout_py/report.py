@@ -209,9 +209,16 @@ def status_lines(info: dict[str, Any]) -> list[str]:
         if d["stranded"]:
             lines.append(f"  left out of rotation: {', '.join(d['stranded'])}")
         lines += _analysis_lines(d)
+    pools = info.get("pools")
+    if pools is not None:
+        owner = {srv: b for b, names in pools["backends"].items() for srv in names}
+        lines.append("pools: live " + ", ".join(f"{url} -> {b or '?'}"
+                                                 for url, b in pools["live"].items()))
     for url, servers in info["servers"].items():
         lines.append(f"{url}:")
         for name, s in servers.items():
+            if pools is not None:
+                name = f"{owner.get(name, '?')}/{name}"
             lines.append(f"  {name:<12} {s['admin']:<6} {s['op']:<9} weight {s['weight']}")
     for url, error in info["lb_errors"].items():
         lines.append(f"{url}: ERROR {error}")

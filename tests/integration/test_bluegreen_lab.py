@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -32,9 +33,10 @@ from rollout_py.lab import pools as lab_pools
 from rollout_py.lab.layout import Layout
 from rollout_py.lab.load import LoadGenerator, Summary
 from rollout_py.lab.watch import Watcher, WatchSummary
+from rollout_py.operations import schema
 from rollout_py.procs import Proc
 from tests.integration.conftest import LabFactory
-from tests.integration.deploykit import versions
+from tests.integration.deploykit import rollout_cli, versions
 
 REPO = Path(__file__).resolve().parents[2]
 RPS_PER_LB = 150  # 300 rps in all
@@ -162,6 +164,12 @@ def test_switch_under_300_rps_loses_nothing_and_survives_a_reload(
     assert early == []
     assert live_pools(lab) == dict.fromkeys(before, new) == map_files(lab)
     assert {versions(lab)[h] for h in pool_hosts(lab, new)} == {"2.0"}
+    # `rollout status` judges the pool live on each LB only, and says which one it is.
+    proc = rollout_cli("status", "-f", str(spec), "--json")
+    status = json.loads(proc.stdout)
+    jsonschema.validate(status, schema("status"))
+    assert proc.returncode == 0 and status["flagged"] == [], status["flagged"]
+    assert set(status["pools"]["live"].values()) == {new}
     # A reload (SIGUSR2 to every LB's master, as systemctl reload) reads the map file again.
     for lb in lab.lbs:
         os.kill(Proc.from_json(lab.procs[f"haproxy:{lb.name}"]).pid, signal.SIGUSR2)
