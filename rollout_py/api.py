@@ -27,6 +27,7 @@ from rollout_py.engine import Engine, Settings, new_deploy_id
 from rollout_py.errors import BalancerError, InputError
 from rollout_py.executor import Executor, previous_versions_from_artifacts
 from rollout_py.inventory import Inventory, InventoryHost
+from rollout_py.phase_run import phase_hosts, phases_for
 from rollout_py.planner import Plan, make_plan
 from rollout_py.preflight import preflight, read_versions, version_reader
 from rollout_py.probes import Prober
@@ -215,6 +216,7 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
     if strategy == "rolling" and spec.strategy != "rolling":
         spec = spec.model_copy(update={"strategy": "rolling", "canary": None})
     ctx = Context.resolve(spec, inventory=inventory, limit=limit)
+    phase_hosts(ctx, () if strategy else ("expand", "migrate"))  # phases: `on` checked first
     deploy_id = new_deploy_id()
     state = StateDir(Path(state_dir) if state_dir else spec.state_path())
     record = None
@@ -242,7 +244,8 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
                 "control_dir": control_dir, "spec_digest": digest(snapshot),
                 "plan_digest": digest(the_plan.identity()),
                 "extravars": session.redactor.data(session.plain_vars),
-                "secret_vars": session.secret_names}, spec=snapshot, plan=the_plan.to_json())
+                "secret_vars": session.secret_names, "phases": strategy is None},
+                spec=snapshot, plan=the_plan.to_json())
             runner = session.executor(runs=record.runs, control_dir=control_dir)
             preflight(ctx, the_plan, executor=runner, balancer=lbs, force=force,
                       allow_no_rollback=allow_no_rollback, state=state)
@@ -253,7 +256,7 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
                 all_sinks, deploy_id, session.redactor, ignore_metrics=ignore_metrics,
                 controls=session.controls(deploy_id),
                 pools=pool_settings(spec, full, choice, session.router(), version)
-                if choice else None), record.journal)
+                if choice else None, phases=strategy is None), record.journal)
         except InputError as exc:
             if record is not None and not session.started:
                 shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
@@ -282,7 +285,7 @@ def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
             sinks: Sequence[Callable[[ev.Event], None]], deploy_id: str,
             redactor: Redactor, *, ignore_metrics: bool = False,
             controls: Callable[[], Sequence[Control]] | None = None,
-            pools: PoolSettings | None = None) -> Engine:
+            pools: PoolSettings | None = None, phases: bool = False) -> Engine:
     from rollout_py.analysis.prometheus import query as prom_query
 
     spec = ctx.spec
@@ -302,6 +305,7 @@ def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
                           pools=pools, watch=pools is None),
         sinks=sinks, deploy_id=deploy_id, redactor=redactor)
     engine.shaping = shaping_for(spec, lbs)  # map entries held while it runs
+    engine.phases = phases_for(ctx, executor, redactor) if phases else None  # rollout deploy
     return engine
 
 
@@ -386,7 +390,7 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
         def engine(all_sinks: Sequence[Callable[[ev.Event], None]]) -> Engine:
             built = _engine(ctx, the_plan, runner, lbs, session.all_vars, known, False,
                             all_sinks, record.deploy_id, session.redactor,
-                            ignore_metrics=ignore_metrics,
+                            ignore_metrics=ignore_metrics, phases=bool(meta.get("phases")),
                             controls=session.controls(record.deploy_id), pools=pools)
             if not continue_:
                 built.stop_after_reconcile()

@@ -41,6 +41,8 @@ LAZY_COMMANDS = {
                     "Blue/green: switch every LB's live route back to the other pool, at once."),
     "flag": ("rollout_py.cli_flags", "flag",
              "Feature flags in flagd's format: check a file; list, set, ramp, kill on the fleet."),
+    "contract": ("rollout_py.cli_phases", "contract",
+                 "Run the spec's contract phase, refused while a host may run an older version."),
 }
 
 
@@ -137,9 +139,11 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
     from rollout_py import api
     from rollout_py.preflight import read_versions
     from rollout_py.report import plan_lines
+    from rollout_py.report_phases import phase_plan
 
     spec = api.load_spec(spec_file)
     ctx = api.Context.resolve(spec, inventory=inventory, limit=limit)
+    phases = phase_plan(ctx)  # expand before batch 1, migrate after the last (InputError)
     versions = read_versions(ctx) if spec.version_url else {}
     the_plan = api.plan(spec, version=version, force=force, current_versions=versions,
                         context=ctx)
@@ -148,12 +152,14 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
         data = the_plan.to_json()
         if weights is not None:
             data["lb_weights"] = weights
+        if phases.data:
+            data["phases"] = phases.data
         if spec.haproxy.shaping is not None:  # rollout_py.shaping
             data["shaping"] = {**spec.haproxy.shaping.model_dump(),
                                "actions": spec.haproxy.shaping.describe()}
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo("\n".join(plan_lines(the_plan, weights)))
+        click.echo("\n".join(plan_lines(the_plan, weights, phases)))
         if spec.haproxy.shaping is not None:
             click.echo("\n".join(f"shaping: {line}" for line in spec.haproxy.shaping.describe()))
     return EXIT_OK

@@ -26,6 +26,7 @@ from rollout_py.batch import BatchSteps
 from rollout_py.errors import JournalError
 from rollout_py.executor import Executor
 from rollout_py.health_watch import HealthWatch
+from rollout_py.phases import PhaseSteps
 from rollout_py.planner import Plan, PlannedBatch
 from rollout_py.probes import Check, Prober
 from rollout_py.reconcile import RETRYABLE
@@ -55,7 +56,7 @@ def new_deploy_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, ResumeSteps):
+class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, PhaseSteps, ResumeSteps):
     """Runs a Plan. Every side effect goes through the executor, balancer and prober seams.
 
     Example:
@@ -190,17 +191,18 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, ResumeSteps):
                 self.emit(ev.DeployStarted, name=plan.name, version=plan.version,
                           batches=tuple(b.hosts for b in plan.batches),
                           skipped=dict(plan.skipped), versions=dict(self._previous))
-                start = 0
+                start = 0 if self._expand(state) else len(plan.batches)  # phases: expand
                 if not plan.batches:  # e.g. a switch-back: its steps come before any batch
                     self._traffic_from = 0
             else:
                 start = self._resume(list(resume), done, state)
-            if self.shaping is not None:  # shaping: after the start or resume, before a drain
+            if self.shaping is not None and (resume is not None or not state.failed):  # shaping
                 self.shaping.start(self.emit, self.events)
             if not state.failed and resume is None and self.settings.stage_tags:
                 self._stage(state)
             if not state.failed:
                 self._loop(start, done, state)
+                self._migrate(state)  # phases: after every batch and its traffic steps
         except LBLost as exc:
             state.failed, state.resumable = True, True
             state.cause = f"{exc}; stopped: run `rollout resume` once the LB answers again"

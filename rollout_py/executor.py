@@ -205,6 +205,8 @@ class AnsibleExecutor:
                     return True
                 prefix = "unreachable" if kind == "runner_on_unreachable" else "failed"
                 msg = res.get("msg") or res.get("stderr") or res.get("reason") or "no message"
+                if msg == "non-zero return code":  # command/shell: say what the command said
+                    msg = f"rc {res.get('rc')}: {res.get('stderr') or res.get('stdout') or msg}"
                 messages.setdefault(host, f"{prefix}: {data.get('task', '')}: {_short(msg)}")
             elif kind == "runner_on_ok" and host:
                 # set_stats results stream per host, so they survive a cancelled run.

@@ -158,6 +158,11 @@ def status(spec: Spec, *, state_dir: str | Path | None = None) -> dict[str, Any]
     }
     if spec.blue_green is not None:  # only the pool live on an LB is judged there
         out["pools"] = {"live": live, "backends": {b: sorted(v) for b, v in backends.items()}}
+    if spec.phases is not None:  # expand/migrate of the last deploy, the last contract
+        from rollout_py.phase_status import phase_summary
+
+        out["phases"] = phase_summary(state, deploys[-1] if deploys else None,
+                                      running=bool(deploys) and deploys[-1].deploy_id == running)
     return out
 
 

@@ -10,6 +10,7 @@ from typing import IO, Any
 from rollout_py import events as ev
 from rollout_py.errors import InputError
 from rollout_py.planner import Plan, PlannedBatch
+from rollout_py.report_phases import PhasePlan, phase_line, phase_status_lines
 from rollout_py.report_pools import pool_line
 from rollout_py.result import DeployResult
 from rollout_py.shaping import shaping_line
@@ -17,10 +18,11 @@ from rollout_py.steps import SetWeight, step_line
 from rollout_py.weights import shape
 
 
-def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = None
-               ) -> list[str]:
+def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = None,
+               phases: PhasePlan | None = None) -> list[str]:
     """``rollout plan``: every step in order; with ``weights`` (each LB's current weights of
-    the servers in rotation) traffic shares are shown as the weights each LB will get."""
+    the servers in rotation) traffic shares are shown as the weights each LB will get; with
+    ``phases``, expand before batch 1 and migrate after the last batch."""
     lines = [f"plan {plan.name}: version {plan.version}, {len(plan.hosts)} of {len(plan.fleet)} "
              f"hosts in {len(plan.batches)} batches ({plan.strategy}); max_unavailable "
              f"{plan.max_unavailable}"]
@@ -29,6 +31,8 @@ def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = Non
                      f"the idle {plan.backend}")
     for host, why in plan.skipped.items():
         lines.append(f"  skip {host}: {why}")
+    phases = phases or PhasePlan()
+    lines += phases.before
     for step in plan.steps:
         if isinstance(step, PlannedBatch):
             lines.append(f"batch {step.index}: {', '.join(step.hosts)}")
@@ -37,6 +41,7 @@ def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = Non
         lines.append(step_line(step, plan.interval))
         if isinstance(step, SetWeight):
             lines += _shaped_lines(plan, step, weights)
+    lines += [*phases.after, *phases.notes]
     lines.append(plan.rollback_description())
     if plan.traffic:
         lines.append("a failed analysis, `rollout abort` or an interrupt restores every "
@@ -147,7 +152,7 @@ def _console_line(e: ev.Event) -> str | None:
             return shaping_line(e)
         case ev.DeployFinished():
             return None
-    return pool_line(e)
+    return pool_line(e) or phase_line(e)
 
 
 def _weights(weights: Mapping[str, Mapping[str, int]]) -> str:
@@ -209,6 +214,7 @@ def status_lines(info: dict[str, Any]) -> list[str]:
         if d["stranded"]:
             lines.append(f"  left out of rotation: {', '.join(d['stranded'])}")
         lines += _analysis_lines(d)
+    lines += phase_status_lines(info.get("phases"))
     pools = info.get("pools")
     if pools is not None:
         owner = {srv: b for b, names in pools["backends"].items() for srv in names}

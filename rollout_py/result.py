@@ -15,8 +15,9 @@ EXIT_CODES: dict[ev.Status, int] = {"succeeded": 0, "rolled_back": 1, "failed": 
 # The state the fleet is left in, for each status (the README's exit-code table says the same).
 FLEET_STATE: dict[ev.Status, str] = {
     "succeeded": "every targeted host serves the new version, in rotation",
-    "rolled_back": "a batch failed and was rolled back: every host is in rotation; hosts of "
-                   "earlier batches keep the new version unless on_failure is rollback_all",
+    "rolled_back": "a batch failed and was rolled back (or the expand phase failed before any "
+                   "drain): every host is in rotation; hosts of earlier batches keep the new "
+                   "version unless on_failure is rollback_all",
     "stopped": "stopped before a batch, nothing rolled back: every host is in rotation; "
                "batches before it serve the new version, the rest the old one; "
                "`rollout resume` continues",

@@ -24,6 +24,7 @@ from pydantic import (
 from rollout_py.errors import SpecError
 from rollout_py.spec_canary import AnalysisSpec, CanarySpec, dispatch, share
 from rollout_py.spec_flags import FlagsSpec
+from rollout_py.spec_phases import PhasesSpec
 from rollout_py.spec_pools import BlueGreenSpec
 from rollout_py.spec_shaping import ShapingSpec
 from rollout_py.spec_types import BackendName, HttpUrl
@@ -231,6 +232,7 @@ class Spec(_Model):
     blue_green: BlueGreenSpec | None = None
     analysis: AnalysisSpec | None = None
     flags: FlagsSpec | None = None
+    phases: PhasesSpec | None = None  # expand / migrate / contract (rollout_py.spec_phases)
     # Where the spec came from (set by load_spec; not a YAML key).
     source: str = Field("<memory>", exclude=True)
     base_dir: str = Field(".", exclude=True)

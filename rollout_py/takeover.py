@@ -51,6 +51,9 @@ class ResumeSteps(SagaBase):
     def _watch_batch(self, batch: PlannedBatch) -> None:
         raise NotImplementedError
 
+    def _expand(self, state: RunState) -> bool:
+        raise NotImplementedError  # rollout_py.phases
+
     def _switch_back_if_switched(self, cause: str) -> bool:
         raise NotImplementedError
 
@@ -60,6 +63,8 @@ class ResumeSteps(SagaBase):
         plan = self.plan
         self._events = list(events)
         self._seq = max((e.seq for e in events), default=0)
+        if not self._expand(state):  # phases: an expand not journaled done runs first, again
+            return len(plan.batches)
         for e in events:
             if isinstance(e, ev.DeployStarted):
                 for host, version in e.versions.items():

@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.venv
-APT_PACKAGES=(haproxy prometheus openssh-server openssh-client iproute2 socat util-linux procps
-              python3 python3-venv python3-pip)
+APT_PACKAGES=(haproxy prometheus postgresql openssh-server openssh-client iproute2 socat
+              util-linux procps python3 python3-venv python3-pip)
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then
@@ -26,8 +26,9 @@ install_debian_packages() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "== installing Debian packages: ${missing[*]}"
-    # The lab runs its own sshd and HAProxy instances: keep the packages' system services
-    # from starting while they install (policy-rc.d), unless the machine already has a policy.
+    # The lab runs its own sshd, HAProxy, Prometheus and PostgreSQL instances: keep the
+    # packages' system services from starting while they install (policy-rc.d), unless the
+    # machine already has a policy.
     local policy=/usr/sbin/policy-rc.d added=0
     if [ ! -e $policy ]; then
         printf '#!/bin/sh\nexit 101\n' > $policy && chmod +x $policy && added=1

@@ -23,7 +23,8 @@ def lab_dir() -> Path:
 
 
 def inventory(record: dict[str, object] | None) -> dict[str, object]:
-    """The lab's hosts in Ansible's dynamic-inventory JSON (groups app and lb)."""
+    """The lab's hosts in Ansible's dynamic-inventory JSON (groups app and lb, and db with
+    ``lab up --db``)."""
     empty: dict[str, object] = {"_meta": {"hostvars": {}}, "all": {"children": ["app", "lb"]},
                                 "app": {"hosts": []}, "lb": {"hosts": []}}
     if not record or record.get("state") != "up":
@@ -31,12 +32,16 @@ def inventory(record: dict[str, object] | None) -> dict[str, object]:
     shared = dict(record.get("ansible_vars") or {})  # type: ignore[call-overload]
     hostvars: dict[str, dict[str, object]] = {}
     groups: dict[str, list[str]] = {"app": [], "lb": []}
-    for key, group in (("hosts", "app"), ("lb_hosts", "lb")):
+    if record.get("db_hosts"):
+        groups["db"] = []
+    for key, group in (("hosts", "app"), ("lb_hosts", "lb"), ("db_hosts", "db")):
+        if group not in groups:
+            continue
         for host in record.get(key) or []:  # type: ignore[attr-defined]
             groups[group].append(host["name"])
             hostvars[host["name"]] = {"ansible_host": host["address"], **shared}
-    return {"_meta": {"hostvars": hostvars}, "all": {"children": ["app", "lb"]},
-            "app": {"hosts": groups["app"]}, "lb": {"hosts": groups["lb"]}}
+    return {"_meta": {"hostvars": hostvars}, "all": {"children": list(groups)},
+            **{name: {"hosts": names} for name, names in groups.items()}}
 
 
 def main(argv: list[str]) -> int:

@@ -7,12 +7,14 @@ in its ``EVENTS``; ``ALL_EVENTS`` is every family (the journal reads events back
 
 from rollout_py.events import deploy as _deploy
 from rollout_py.events import flags as _flags
+from rollout_py.events import phases as _phases
 from rollout_py.events import pools as _pools
 from rollout_py.events import shaping as _shaping
 from rollout_py.events import traffic as _traffic
 from rollout_py.events.base import *  # noqa: F403
 from rollout_py.events.deploy import *  # noqa: F403
 from rollout_py.events.flags import *  # noqa: F403
+from rollout_py.events.phases import *  # noqa: F403
 from rollout_py.events.pools import *  # noqa: F403
 from rollout_py.events.shaping import *  # noqa: F403
 from rollout_py.events.traffic import *  # noqa: F403
@@ -22,4 +24,5 @@ ALL_EVENTS: tuple[type[Event], ...] = (  # noqa: F405
     *_flags.EVENTS,
     *_pools.EVENTS,
     *_shaping.EVENTS,
+    *_phases.EVENTS,
 )

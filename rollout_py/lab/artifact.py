@@ -31,6 +31,10 @@ class Behaviour:
     OpenFeature's flagd provider from the host's flag file (``APP_FLAGS_FILE``), answers with
     header ``X-Flag-new-greeting: <variant>`` and a greeting that depends on it; with
     ``flag_error_rate``, that share of the requests that get variant ``on`` answer 500.
+
+    ``db_schema`` (1, 2 or 3) makes a release that serves ``POST /users`` and
+    ``GET /users/<id>`` from the lab's PostgreSQL (``lab up --db``), reading and writing the
+    columns of that schema version (``rollout_py/lab/app/appdb.py``).
     """
 
     health_fail: bool = False
@@ -42,6 +46,7 @@ class Behaviour:
     fail_after: float | None = None
     flags: bool = False
     flag_error_rate: float = 0.0  # share of `on` requests that answer 500 (needs flags)
+    db_schema: int | None = None  # 1: users.name; 2: name and full_name; 3: full_name
 
     def __post_init__(self) -> None:
         _number(self.error_rate, "--error-rate", 0.0, 1.0, "(a share of requests)")
@@ -55,6 +60,9 @@ class Behaviour:
         _number(self.flag_error_rate, "--flag-error-rate", 0.0, 1.0, "(a share of requests)")
         if self.flag_error_rate and not self.flags:
             raise InputError("--flag-error-rate needs --flags (a flag-enabled release)")
+        if self.db_schema is not None and (isinstance(self.db_schema, bool)
+                                           or self.db_schema not in (1, 2, 3)):
+            raise InputError(f"--db-schema must be 1, 2 or 3, not {self.db_schema!r}")
 
 
 def _number(value: object, option: str, low: float, high: float, unit: str) -> None:
@@ -86,11 +94,16 @@ def build_artifact(store: Path, version: str, behaviour: Behaviour = Behaviour()
     fields = asdict(behaviour)
     if not behaviour.flags:  # releases without flags: release.json as before flags existed
         del fields["flags"], fields["flag_error_rate"]
+    if behaviour.db_schema is None:  # and without a database schema, as before it existed
+        del fields["db_schema"]
     meta = json.dumps({"version": version, **fields}, indent=2).encode() + b"\n"
     tmp = target.with_name(target.name + ".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
         _add(tar, "app.py", app)
         _add(tar, "release.json", meta)
+        if behaviour.db_schema is not None:
+            _add(tar, "appdb.py", resources.files("rollout_py.lab.app").joinpath(
+                "appdb.py").read_bytes())
     tmp.replace(target)
     return target
 

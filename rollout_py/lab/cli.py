@@ -10,6 +10,7 @@ import click
 
 from rollout_py.lab import artifact as artifact_mod
 from rollout_py.lab import lab as lab_mod
+from rollout_py.lab.cli_db import db_group
 from rollout_py.lab.layout import MAX_HOSTS, Layout
 
 DEFAULT_DIR = Path(".rollout-lab")
@@ -36,13 +37,16 @@ def lab() -> None:
 @click.option("--pools", "n_pools", type=click.IntRange(1, 2), default=1, show_default=True,
               help="2: hosts split into pools blue and green (backends app_blue, app_green), "
                    "routed by a map on every LB; frontend 'preview' reaches the idle pool.")
+@click.option("--db", "with_db", is_flag=True,
+              help="Also run PostgreSQL on host db1 (database and role app) for releases built "
+                   "with --db-schema, and write its migrations to DIR/migrations.")
 @dir_option
 def up(n_hosts: int, n_lbs: int, block: str | None, with_prometheus: bool, with_shaping: bool,
-       n_pools: int, lab_dir: Path) -> int:
+       n_pools: int, with_db: bool, lab_dir: Path) -> int:
     """Bring the lab up (root)."""
     layout = lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs, block=block,
                         with_prometheus=with_prometheus, n_pools=n_pools,
-                        with_shaping=with_shaping, say=click.echo)
+                        with_shaping=with_shaping, with_db=with_db, say=click.echo)
     _print_summary(layout)
     return 0
 
@@ -58,6 +62,10 @@ def _print_summary(layout: Layout) -> None:
         click.echo(f"pool {pool['name']}: backend {pool['backend']}: {', '.join(pool['hosts'])}")
     if layout.prometheus_url is not None:
         click.echo(f"prometheus: {layout.prometheus_url}")
+    if layout.db:
+        click.echo(f"database:  {layout.db_url_public} (host {layout.db_host.name}; "
+                   f"migrations in {layout.path / 'migrations'}; spec with phases "
+                   f"{layout.path / 'rollout-db.yml'})")
     click.echo(f"inventory: {info['inventory']}")
     click.echo(f"spec:      {info['spec']}")
     click.echo(f"canary:    {info['canary_spec']}")
@@ -102,6 +110,13 @@ def status(lab_dir: Path, as_json: bool) -> int:
                             for k, v in sorted(prom.get("targets_up", {}).items()))
         click.echo(f"prometheus: {prom['url']} ({'running' if prom['running'] else 'NOT RUNNING'}"
                    f"; {scraped or prom.get('error', 'no targets yet')})")
+    if info["db"] is not None:
+        from rollout_py.lab.cli_db import check_line
+
+        dbi = info["db"]
+        click.echo(f"database: {dbi['url']} on {dbi['host']} "
+                   f"({'running' if dbi['running'] else 'NOT RUNNING'}); "
+                   + (check_line(dbi["users"]) if "users" in dbi else dbi.get("error", "")))
     header = f"{'host':<8} {'address':<15} {'sshd':<5} {'version':<10}" + "".join(
         f" {lb['name']:<14}" for lb in lbs)
     click.echo(header)
@@ -135,16 +150,20 @@ def status(lab_dir: Path, as_json: bool) -> int:
                    "the host's flag file) and answers with X-Flag-new-greeting: VARIANT.")
 @click.option("--flag-error-rate", type=click.FloatRange(0, 1), default=0.0,
               help="With --flags: share of requests getting variant 'on' that answer 500.")
+@click.option("--db-schema", type=click.IntRange(1, 3), default=None,
+              help="Serve POST /users and GET /users/<id> from the lab's PostgreSQL (up --db): "
+                   "1 uses name, 2 writes name and full_name and reads full_name, 3 full_name.")
 @dir_option
 def artifact(version: str, health_fail: bool, health_flap: bool, start_delay: float,
              error_rate: float, latency_ms: int, fail_after: float | None,
-             crash_on_start: bool, flags: bool, flag_error_rate: float, lab_dir: Path) -> int:
+             crash_on_start: bool, flags: bool, flag_error_rate: float, db_schema: int | None,
+             lab_dir: Path) -> int:
     """Build release VERSION of the sample app into the lab's artifact store."""
     behaviour = artifact_mod.Behaviour(health_fail=health_fail, health_flap=health_flap,
                                        start_delay=start_delay, error_rate=error_rate,
                                        crash_on_start=crash_on_start, latency_ms=latency_ms,
                                        fail_after=fail_after, flags=flags,
-                                       flag_error_rate=flag_error_rate)
+                                       flag_error_rate=flag_error_rate, db_schema=db_schema)
     path = artifact_mod.build_artifact(lab_dir.absolute() / "artifacts", version, behaviour)
     click.echo(str(path))
     return 0
@@ -164,15 +183,21 @@ def artifact(version: str, health_fail: bool, health_flap: bool, start_delay: fl
 @click.option("--class", "classes", multiple=True, metavar="NAME=RPS",
               help="Send X-Client-Class: NAME at RPS requests/s; repeat for several classes at "
                    "once (e.g. --class production=200 --class heavy=100), summed up per class.")
+@click.option("--db-writes", is_flag=True,
+              help="Each request is POST /users then GET /users/<id> (releases built with "
+                   "--db-schema): ok only if the read returns the name written.")
 @dir_option
 def load(rps: float | None, duration: float, keepalive: bool, lb_name: str, url_path: str,
          url: str | None, records: Path | None, as_json: bool, classes: tuple[str, ...],
-         lab_dir: Path) -> int:
+         db_writes: bool, lab_dir: Path) -> int:
     """Open-loop load through an LB frontend; exit 1 if any request failed."""
     from rollout_py.lab.load import LoadGenerator
 
     if (rps is None) == (not classes):
         raise click.UsageError("give either --rps or --class NAME=RPS (one or more)")
+    if db_writes and (classes or url_path != "/"):
+        raise click.UsageError("--db-writes goes with --rps (it writes to /users)")
+    url_path = "/users" if db_writes else url_path
 
     if url is None:
         layout = Layout.load(lab_dir.absolute())
@@ -185,7 +210,13 @@ def load(rps: float | None, duration: float, keepalive: bool, lb_name: str, url_
     if classes:
         return _class_load(url, classes, duration, keepalive, records, as_json)
     assert rps is not None
-    summary = LoadGenerator(url, rps=rps, duration=duration, keepalive=keepalive).run()
+    if db_writes:
+        from rollout_py.lab.dbload import DbWriteLoad
+
+        gen: LoadGenerator = DbWriteLoad(url, rps=rps, duration=duration, keepalive=keepalive)
+    else:
+        gen = LoadGenerator(url, rps=rps, duration=duration, keepalive=keepalive)
+    summary = gen.run()
     if records is not None:
         summary.write_records(records)
     if as_json:
@@ -197,6 +228,8 @@ def load(rps: float | None, duration: float, keepalive: bool, lb_name: str, url_
                    f"max {summary.max_ms:.1f} ms")
         click.echo("  by host:    " + ", ".join(f"{k} {v}" for k, v in summary.by_host.items()))
         click.echo("  by version: " + ", ".join(f"{k} {v}" for k, v in summary.by_version.items()))
+        if db_writes:
+            click.echo(f"  rows written (acknowledged): {len(gen.written)}")  # type: ignore[attr-defined]
         if summary.by_variant:  # a flag-enabled release answered
             click.echo("  by variant: " + ", ".join(
                 f"{k} {v} ({summary.failed_by_variant.get(k, 0)} failed)"
@@ -280,3 +313,6 @@ def watch(lab_dir: Path, hz: float, duration: float | None, max_unavailable: int
 
     click.echo("\n".join(summary_lines(summary)))
     return 1 if summary.violations else 0
+
+
+lab.add_command(db_group(dir_option))

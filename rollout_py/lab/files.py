@@ -17,6 +17,8 @@ def inventory(layout: Layout) -> str:
         lines += ["", f"[{pool.name}]"] + [f"{h} ansible_host={address[h]}" for h in pool.hosts]
     if layout.lb_hosts:
         lines += ["", "[lb]"] + [f"{h.name} ansible_host={h.address}" for h in layout.lb_hosts]
+    if layout.db:  # `up --db`: the database's host, for phases that run `on:` it
+        lines += ["", "[db]", f"{layout.db_host.name} ansible_host={layout.db_host.address}"]
     lines += [
         "", "[all:vars]",
         *(f"{k}={v}" for k, v in layout.ansible_vars().items()),

@@ -72,7 +72,8 @@ def install_app_runtime(layout: Layout, host: HostSpec) -> None:
     # Flag-enabled releases re-exec themselves with APP_FLAGS_PYTHON (rollout_py.lab.appenv).
     (app / "app.env").write_text(
         f"APP_BIND={host.address}\nAPP_PORT={APP_PORT}\nAPP_PYTHON={layout.host_python}\n"
-        f"APP_FLAGS_FILE={HOST_FLAGS_PATH}\nAPP_FLAGS_PYTHON={layout.app_flags_python or ''}\n")
+        f"APP_FLAGS_FILE={HOST_FLAGS_PATH}\nAPP_FLAGS_PYTHON={layout.app_flags_python or ''}\n"
+        f"APP_DATABASE_URL={layout.db_url or ''}\n")  # `up --db`: releases with a schema
     flagfiles.write_hosts(layout, flagfiles.initial_flags(), [host.name])
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from rollout_py.balancer import RuntimeAPI, open_transport
 from rollout_py.balancer.transports import SshOptions
 from rollout_py.errors import InputError, LabError, LabPrerequisiteError
-from rollout_py.lab import artifact, files, flagfiles, haproxy, hosts, net, pools, prometheus
+from rollout_py.lab import artifact, db, files, flagfiles, haproxy, hosts, net, pools, prometheus
 from rollout_py.lab.layout import APP_PORT, MAX_HOSTS, RUN_ROOT, HostSpec, Layout, LbSpec
 from rollout_py.lab.procs import (
     Proc,
@@ -98,7 +98,7 @@ def running(layout: Layout) -> bool:
 
 def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = None,
        with_prometheus: bool = False, n_pools: int = 1, with_shaping: bool = False,
-       say: Say = lambda _msg: None) -> Layout:
+       with_db: bool = False, say: Say = lambda _msg: None) -> Layout:
     """Builds the lab in ``lab_dir``; on a lab that is already up, changes nothing.
 
     ``n_pools=2`` splits the hosts into pools blue and green, routed through a map on every
@@ -109,6 +109,9 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
 
     ``with_prometheus`` also runs a Prometheus scraping every LB's exporter each second
     (``layout.prometheus_url``); ``up`` returns once it has scraped every LB.
+
+    ``with_db`` runs PostgreSQL on host db1 for releases built with a schema
+    (``rollout_py.lab.db``; ``layout.db_url``) and writes its migrations to ``DIR/migrations``.
 
     Example:
         >>> layout = up(Path(".rollout-lab"), n_hosts=4)  # doctest: +SKIP
@@ -137,13 +140,17 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
                 raise LabError(f"the lab in {lab_dir} is already up "
                                f"{'with' if existing.shaping else 'without'} --shaping; run "
                                "`rollout lab down` first to change that")
+            if existing.db != with_db:
+                raise LabError(f"the lab in {lab_dir} is already up "
+                               f"{'with' if existing.db else 'without'} --db; run "
+                               "`rollout lab down` first to change that")
             say(f"lab already up in {lab_dir}: nothing changed")
             return existing
         network = net.check_block(block)
         net.install_guard(network)  # before anything targets a lab address
         layout = Layout(dir=str(lab_dir), index=_free_index(network), block=str(network),
                         n_hosts=n_hosts, n_lbs=n_lbs, host_python=_host_python(),
-                        n_pools=n_pools, shaping=with_shaping)
+                        n_pools=n_pools, shaping=with_shaping, db=with_db)
         lab_dir.mkdir(parents=True, exist_ok=True)
         layout.save()
         started = time.monotonic()
@@ -178,6 +185,8 @@ def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
     pubkey = layout.key.with_suffix(".pub").read_text()
     first = artifact.build_artifact(layout.artifacts, "1.0")
     flagfiles.prepare(layout)  # the flag-enabled releases' venv (cached) and flags.json
+    if layout.db:  # before the app hosts write their app.env: its password and URL
+        db.prepare(layout)
     _plan_lbs(layout, with_prometheus)
     # Prometheus first scrapes ~5 s after it starts (its target discovery ticks every 5 s):
     # started now, it comes up while the hosts do. The canary spec's gate needs its URL.
@@ -215,6 +224,8 @@ def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
         if errors:
             raise errors[0]
 
+    if layout.db:
+        db.start(layout, Proc.from_json(layout.procs[f"sshd:{layout.db_host.name}"]))
     for lb in layout.lbs:
         sshd = Proc.from_json(layout.procs[f"sshd:{lb.host}"]) if lb.host else None
         layout.procs[f"haproxy:{lb.name}"] = haproxy.start(layout, lb, host_sshd=sshd).to_json()
@@ -371,21 +382,7 @@ def status(lab_dir: Path) -> dict[str, Any]:
         lb_rows.append(row)
     return {"dir": info["dir"], "state": info["state"], "subnet": info["subnet"],
             "pools": info["pools"], "hosts": host_rows, "lbs": lb_rows,
-            "prometheus": _prometheus_status(layout)}
-
-
-def _prometheus_status(layout: Layout) -> dict[str, Any] | None:
-    """The lab's Prometheus: its URL, whether it runs, and its last scrape of each LB."""
-    if layout.prometheus_url is None:
-        return None
-    proc = layout.procs.get(prometheus.PROC_KEY)
-    row: dict[str, Any] = {"url": layout.prometheus_url,
-                           "running": bool(proc and Proc.from_json(proc).alive())}
-    try:
-        row["targets_up"] = prometheus.targets_up(layout.prometheus_url)
-    except (OSError, ValueError, LabError) as exc:
-        row["error"] = str(exc)
-    return row
+            "prometheus": prometheus.status(layout), "db": db.status(layout)}
 
 
 def _served_version(layout: Layout, host: HostSpec) -> str | None:

@@ -13,6 +13,7 @@ from rollout_py.errors import LabError
 MAX_HOSTS = 244  # .11 to .254 of the lab's /24
 RUN_ROOT = Path("/run/rollout-lab")
 APP_PORT = 8080
+DB_OCTET = 10  # `up --db`: host db1 (app hosts start at .11, LB hosts at .3)
 # The flag file every app host's flag-enabled release reads (flagd's format), on the host.
 HOST_FLAGS_PATH = "/srv/app/shared/flags.json"
 
@@ -25,7 +26,7 @@ class HostSpec:
     address: str
     netns: str
     veth: str
-    role: str  # "app" or "lb"
+    role: str  # "app", "lb" or "db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,9 @@ class Layout:
     n_pools: int = 1  # `up --pools 2`: blue (first half of the hosts) and green
     shaping: bool = False  # `up --shaping`: priority classes and a shed map (lab.shaping)
     app_flags_python: str | None = None  # the shared venv of flag-enabled releases (appenv)
+    db: bool = False  # `up --db`: PostgreSQL on host db1 (rollout_py.lab.db)
+    db_port: int = 5432
+    db_password: str | None = None  # role app's, made for this lab
 
     # --- derived names -----------------------------------------------------------------
     @property
@@ -124,8 +128,25 @@ class Layout:
                 for pool, part in zip(POOL_NAMES, (names[:half], names[half:]), strict=True)]
 
     @property
+    def db_host(self) -> HostSpec:
+        """The database's host (``up --db``); it is one of ``all_hosts`` only then."""
+        return self._host("db1", DB_OCTET, "db")
+
+    @property
+    def db_url(self) -> str | None:
+        """How app hosts reach the database as role app, password included (``up --db``)."""
+        return None if not self.db else \
+            f"postgresql://app:{self.db_password}@{self.db_host.address}:{self.db_port}/app"
+
+    @property
+    def db_url_public(self) -> str | None:
+        """``db_url`` without the password: what status and lab.json's top level show."""
+        return None if not self.db else \
+            f"postgresql://app@{self.db_host.address}:{self.db_port}/app"
+
+    @property
     def all_hosts(self) -> list[HostSpec]:
-        return self.app_hosts + self.lb_hosts
+        return self.app_hosts + self.lb_hosts + ([self.db_host] if self.db else [])
 
     def host_dir(self, name: str) -> Path:
         return self.path / "hosts" / name
@@ -202,6 +223,7 @@ class Layout:
             "bridge": self.bridge, "gateway": self.gateway,
             "hosts": [asdict(h) for h in self.app_hosts],
             "lb_hosts": [asdict(h) for h in self.lb_hosts],
+            "db_hosts": [asdict(self.db_host)] if self.db else [],
             "lbs": [asdict(lb) | {"frontend": f"127.0.0.1:{lb.port}", "metrics": lb.metrics_url,
                                   "preview": None if lb.preview_port is None
                                   else f"127.0.0.1:{lb.preview_port}"}
@@ -220,5 +242,12 @@ class Layout:
             "artifacts": str(self.artifacts),
             "flags": {"file": str(self.path / "flags.json"), "path": HOST_FLAGS_PATH,
                       "python": self.app_flags_python},
+            "db": None if not self.db else {
+                "host": self.db_host.name, "address": self.db_host.address,
+                "port": self.db_port, "url": self.db_url_public,
+                "service_file": str(self.path / "migrations" / "pg_service.conf"),
+                "migrations": str(self.path / "migrations"),
+                "spec": str(self.path / "rollout-db.yml"),
+            },
             "ansible_vars": self.ansible_vars(),
         }

@@ -122,6 +122,20 @@ def targets_up(base_url: str) -> dict[str, float]:
             for s in query(base_url, f'up{{job="{JOB}"}}')}
 
 
+def status(layout: Layout) -> dict[str, Any] | None:
+    """The lab's Prometheus: its URL, whether it runs, and its last scrape of each LB."""
+    if layout.prometheus_url is None:
+        return None
+    proc = layout.procs.get(PROC_KEY)
+    row: dict[str, Any] = {"url": layout.prometheus_url,
+                           "running": bool(proc and Proc.from_json(proc).alive())}
+    try:
+        row["targets_up"] = targets_up(layout.prometheus_url)
+    except (OSError, ValueError, LabError) as exc:
+        row["error"] = str(exc)
+    return row
+
+
 def wait_ready(layout: Layout, proc: Proc, deadline: float) -> None:
     """Until ``/-/ready`` answers and a first scrape of every LB's exporter has succeeded."""
     url = layout.prometheus_url

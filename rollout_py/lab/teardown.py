@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from rollout_py.errors import LabError, RolloutError
-from rollout_py.lab import net, prometheus
+from rollout_py.lab import db, net, prometheus
 from rollout_py.lab.layout import RUN_ROOT, Layout
 from rollout_py.lab.procs import Proc, pids_in_mount_namespaces, stop_all, unix_socket_holders
 from rollout_py.procs import close_ssh_masters
@@ -42,6 +42,7 @@ def _remove_files(lab_dir: Path) -> None:
     and logs stay."""
     shutil.rmtree(lab_dir / "hosts", ignore_errors=True)
     shutil.rmtree(prometheus.home(lab_dir), ignore_errors=True)
+    db.remove_files(lab_dir)  # the database's cluster went with hosts/
     for name in ("inventory.ini", "rollout.yml", "rollout-canary.yml", "ansible.cfg"):
         (lab_dir / name).unlink(missing_ok=True)
     for name in ("ssh_config", "known_hosts"):

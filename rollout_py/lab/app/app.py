@@ -14,6 +14,10 @@ not parse keeps the previous flags). The targeting key is the request's X-User h
 random one. Those packages are not in the system Python: such a release re-execs itself with
 APP_FLAGS_PYTHON (the lab's shared venv). It answers X-Flag-new-greeting: <variant> ("default"
 when no variant could be evaluated) and, for variant "on", 500 with probability flag_error_rate.
+
+A release with "db_schema": 1, 2 or 3 serves POST /users and GET /users/<id> from PostgreSQL
+at APP_DATABASE_URL (appdb.py, shipped beside this file); it re-execs with APP_FLAGS_PYTHON too
+(the same venv has psycopg).
 """
 
 import importlib.util
@@ -39,14 +43,17 @@ def load_release():
         return json.load(fh)
 
 
-def ensure_flag_python():
-    """Re-execs under APP_FLAGS_PYTHON unless this interpreter has the OpenFeature packages."""
-    if importlib.util.find_spec("openfeature") is not None:
+def ensure_venv_python(meta):
+    """Re-execs under APP_FLAGS_PYTHON unless this interpreter has the packages the release
+    needs (OpenFeature for flags, psycopg for a database schema)."""
+    needed = [mod for mod, wanted in (("openfeature", meta.get("flags")),
+                                      ("psycopg", meta.get("db_schema"))) if wanted]
+    if all(importlib.util.find_spec(mod) is not None for mod in needed):
         return
     python = os.environ.get("APP_FLAGS_PYTHON")
     if not python or os.environ.get("APP_FLAGS_REEXEC"):
-        print("this release needs openfeature-sdk and openfeature-provider-flagd: set "
-              "APP_FLAGS_PYTHON to an interpreter that has them", flush=True)
+        print(f"this release needs {', '.join(needed)}: set APP_FLAGS_PYTHON to an "
+              "interpreter that has them (the lab's app venv)", flush=True)
         sys.exit(4)
     os.environ["APP_FLAGS_REEXEC"] = "1"
     os.execv(python, [python, os.path.abspath(__file__)])
@@ -102,6 +109,7 @@ class Server(ThreadingHTTPServer):
         self.active_lock = threading.Lock()
         self.listening_since = time.monotonic()
         self.flags = None  # set by main() for flag-enabled releases
+        self.users = None  # set by main() for releases with a database schema (appdb.Users)
 
     def error_share(self):
         """The share of / requests that answer 500 now."""
@@ -135,18 +143,34 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        self._counted(self._route)
+
+    def do_POST(self):
+        self._counted(lambda: self._users("POST") or self._reply(404, "not found\n"))
+
+    def _counted(self, serve):
         srv = self.server
         with srv.active_lock:
             srv.active += 1
         try:
-            self._route()
+            serve()
         finally:
             with srv.active_lock:
                 srv.active -= 1
 
+    def _users(self, method):
+        """/users routes of a release with a database schema (appdb.handle)."""
+        if self.server.users is None:
+            return False
+        import appdb
+
+        return appdb.handle(self, self.server.users, method, urlsplit(self.path).path)
+
     def _route(self):
         meta = self.server.meta
         url = urlsplit(self.path)
+        if self._users("GET"):
+            return
         if url.path == "/health":
             if meta.get("health_flap"):
                 with self.server.active_lock:
@@ -155,6 +179,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._reply(200 if healthy else 500, "flapping\n")
             elif meta.get("health_fail"):
                 self._reply(500, "unhealthy\n")
+            elif self.server.users is not None and (problem := self.server.users.schema_problem()):
+                self._reply(500, problem + "\n")
             else:
                 self._reply(200, "ok\n")
         elif url.path == "/version":
@@ -200,8 +226,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     meta = load_release()
-    if meta.get("flags"):
-        ensure_flag_python()  # first: the new process starts main() over
+    if meta.get("flags") or meta.get("db_schema"):
+        ensure_venv_python(meta)  # first: the new process starts main() over
     bind = os.environ.get("APP_BIND", "127.0.0.1")
     port = int(os.environ.get("APP_PORT", "8080"))
     print(f"app {meta['version']} starting on {bind}:{port}", flush=True)
@@ -216,6 +242,11 @@ def main():
         print(f"flags: {FLAG} from {path} (flagd provider, file mode)", flush=True)
     server = Server((bind, port), meta)
     server.flags = flags
+    if meta.get("db_schema"):
+        import appdb
+
+        server.users = appdb.Users(os.environ.get("APP_DATABASE_URL", ""), meta["db_schema"])
+        print(f"users: schema {meta['db_schema']} (PostgreSQL)", flush=True)
     stopping = threading.Event()
 
     def on_term(signum, frame):
@@ -234,6 +265,8 @@ def main():
         time.sleep(0.05)
     if flags is not None:
         flags.api.shutdown()
+    if server.users is not None:
+        server.users.close()
     print("app stopped", flush=True)
 
 

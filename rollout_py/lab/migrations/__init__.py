@@ -1,0 +1,1 @@
+"""The lab's schema migrations (expand, backfill, contract) that ``lab up --db`` copies."""
