@@ -65,3 +65,27 @@ def test_rollout_rollback_of_a_blue_green_fleet_points_at_switch_back() -> None:
     s: Spec = parse_spec(spec())
     with pytest.raises(InputError, match="rollout switch-back"):
         api.deploy(s, version="1.0", strategy="rolling")
+
+
+def test_the_status_and_history_schemas_know_every_analysis_purpose() -> None:
+    """A window's purpose in `status --json`/`history --json` is one of events.Purpose."""
+    import typing
+
+    from rollout_py import events as ev
+    from rollout_py.operations import schema
+
+    def enums(node: Any) -> list[list[str]]:
+        found = []
+        if isinstance(node, dict):
+            if "purpose" in node.get("properties", {}):
+                found.append(node["properties"]["purpose"]["enum"])
+            for value in node.values():
+                found += enums(value)
+        elif isinstance(node, list):
+            for value in node:
+                found += enums(value)
+        return found
+
+    for name in ("status", "history"):
+        found = enums(schema(name))
+        assert found and all(set(e) == set(typing.get_args(ev.Purpose)) for e in found), name
