@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout_py import events as ev
+from rollout_py.atomic import write_atomic
 from rollout_py.errors import ControlRefusedError, InputError
 from rollout_py.lock import FleetLock, Holder, fleet_key
 from rollout_py.lock import _user as lock_user  # who holds a lock is who sends a control
@@ -109,26 +110,6 @@ def running_deploys(state_dir: Path, *, fleet: str | None = None) -> dict[str, H
     return running
 
 
-def temp_path(final: Path) -> Path:
-    """Where a control is written before it is renamed to ``final`` (never read there)."""
-    return final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Readers see the whole file or none: written beside it, fsync'd, then renamed."""
-    tmp = temp_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def send_control(state_dir: Path, action: ev.ControlAction, *, deploy_id: str | None = None,
                  reason: str | None = None, fleet: str | None = None) -> Control:
     """Send ``action`` to the running deploy (``deploy_id``: only if it is running; ``fleet``:
@@ -149,7 +130,8 @@ def send_control(state_dir: Path, action: ev.ControlAction, *, deploy_id: str | 
     control = Control(id=ident, action=action, deploy_id=deploy_id or ids[0],
                       by=f"{lock_user()}@{socket.gethostname()} (pid {os.getpid()})",
                       sent_at=sent_at, reason=reason)
-    _write_atomic(Path(state_dir) / "controls" / f"{ident}.json",
+    (Path(state_dir) / "controls").mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(state_dir) / "controls" / f"{ident}.json",
                   json.dumps(control.to_json(), sort_keys=True) + "\n")
     return control
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout_py.api import Context
+from rollout_py.atomic import write_atomic
 from rollout_py.balancer.fleet import Balancer
 from rollout_py.engine import new_deploy_id
 from rollout_py.errors import InputError, RolloutError
@@ -38,7 +39,7 @@ from rollout_py.events import Event
 from rollout_py.events import flags as fev
 from rollout_py.executor import AnsibleExecutor, Executor
 from rollout_py.flag_analysis import FleetCounters
-from rollout_py.flag_change import FlagChange, FlagResult, Interrupted, write_atomic
+from rollout_py.flag_change import FlagChange, FlagResult, Interrupted
 from rollout_py.flag_hosts import Fetch, FlagHosts, http_header, sha1
 from rollout_py.flags.edit import describe, kill, ramp, set_variant, to_json
 from rollout_py.flags.model import Flag, FlagFile, load_flags

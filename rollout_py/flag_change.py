@@ -10,7 +10,6 @@ holds what the fleet had before, and the journal says where the hosts are.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 from rollout_py.analysis.counters import Reset, window_deltas
 from rollout_py.analysis.judge import WindowVerdict
 from rollout_py.analysis.run import AnalysisRun, windows_needed
+from rollout_py.atomic import write_atomic
 from rollout_py.events import Event
 from rollout_py.events import flags as fev
 from rollout_py.flag_analysis import FleetCounters, bound, combine, fleet_group, judge
@@ -53,16 +53,6 @@ class FlagResult:
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """The controller's copy: a temporary file beside it, fsync'd, renamed over it."""
-    tmp = path.with_name(f".{path.name}.rollout-tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class FlagChange:

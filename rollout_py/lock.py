@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
+from rollout_py.atomic import write_atomic
 from rollout_py.errors import InputError, LockHeldError
 
 # LockHeldError lives in the exception tree (rollout_py.errors); importable from here too.
@@ -147,22 +148,6 @@ def _try_flock(fd: int) -> bool:
     return True
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.fchmod(fd, 0o644)  # whatever the umask: other users may read who holds a fleet
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class FleetLock:
     """The deploy lock of one fleet, under ``state_dir/locks/``; usable as a context manager.
 
@@ -218,7 +203,7 @@ class FleetLock:
             me = Holder(pid=os.getpid(), user=_user(), host=socket.gethostname(),
                         deploy_id=deploy_id, started=time.time(), message=message,
                         kind="deploy")
-            _write_atomic(self.holder_path, me.to_json() + "\n")
+            write_atomic(self.holder_path, me.to_json() + "\n")
         except BaseException:
             os.close(fd)  # also drops the flock if it was taken
             raise
@@ -282,7 +267,7 @@ class FleetLock:
                 raise LockHeldError(existing)
             me = Holder(pid=None, user=_user(), host=socket.gethostname(), deploy_id=None,
                         started=time.time(), message=message, kind="hold")
-            _write_atomic(self.hold_path, me.to_json() + "\n")
+            write_atomic(self.hold_path, me.to_json() + "\n")
         finally:
             os.close(fd)
         return me

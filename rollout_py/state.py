@@ -29,18 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from rollout_py import events as ev
+from rollout_py.atomic import write_atomic
 from rollout_py.errors import JournalError, StateError
 
 _KINDS = {cls.kind: cls for cls in ev.ALL_EVENTS}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def digest(data: Any) -> str:
@@ -164,9 +156,9 @@ class StateDir:
             path.mkdir(parents=True, exist_ok=False)
             base = {"deploy_id": deploy_id, "user": getpass.getuser(),
                     "host": socket.gethostname(), "pid": os.getpid(), "created": time.time()}
-            _write_atomic(path / "meta.json", json.dumps(base | meta, indent=2) + "\n")
-            _write_atomic(path / "spec.json", json.dumps(spec, indent=2, default=str) + "\n")
-            _write_atomic(path / "plan.json", json.dumps(plan, indent=2, default=str) + "\n")
+            write_atomic(path / "meta.json", json.dumps(base | meta, indent=2) + "\n")
+            write_atomic(path / "spec.json", json.dumps(spec, indent=2, default=str) + "\n")
+            write_atomic(path / "plan.json", json.dumps(plan, indent=2, default=str) + "\n")
         except OSError as exc:
             raise JournalError(f"cannot write the state directory {path}: "
                                f"{exc.strerror or exc}") from exc

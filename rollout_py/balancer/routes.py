@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from rollout_py import failpoints
+from rollout_py.atomic import write_atomic
 from rollout_py.balancer.maps import (
     commit_map,
     parse_show_map,
@@ -97,11 +98,8 @@ def write_lb_file(api: RuntimeAPI, path: str, text: str) -> None:
     file: refused."""
     transport = api.transport
     if isinstance(transport, UnixTransport):
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.rollout-tmp")
         try:
-            tmp.write_text(text)
-            os.replace(tmp, target)
+            write_atomic(Path(path), text)
         except OSError as exc:
             raise BalancerError(f"{api.url}: cannot write {path}: {exc.strerror or exc}"
                                 ) from exc

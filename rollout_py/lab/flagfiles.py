@@ -4,12 +4,12 @@ lab's specs, each file written atomically (temp file + rename)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rollout_py.atomic import write_atomic
 from rollout_py.flags.edit import to_json
 from rollout_py.flags.model import FlagFile, parse_flags
 from rollout_py.lab import appenv
@@ -34,14 +34,6 @@ def prepare(layout: Layout) -> None:
     appenv.check_visible_to_hosts(appenv.cache_dir())
     layout.app_flags_python = str(appenv.ensure(layout.host_python))
     write_controller(layout, initial_flags())
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temp file and a rename: a reader (the flagd
-    provider polls the file's mtime) sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def host_path(layout: Layout, host: str) -> Path:

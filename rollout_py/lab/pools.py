@@ -9,10 +9,10 @@ switches back.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
+from rollout_py.atomic import write_atomic
 from rollout_py.balancer import RuntimeAPI
 from rollout_py.balancer.maps import render_map_file, show_map
 from rollout_py.lab.layout import Layout, LbSpec
@@ -57,9 +57,7 @@ def write_map_file(layout: Layout, lb: LbSpec, entries: dict[str, str]) -> Path:
     """Writes the LB's map file atomically (temp + rename); HAProxy reads it on (re)load."""
     path = local_map_file(layout, lb)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_map_file(entries))
-    os.replace(tmp, path)
+    write_atomic(path, render_map_file(entries))
     return path
 
 

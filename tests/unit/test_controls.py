@@ -17,13 +17,13 @@ import pytest
 from click.testing import CliRunner
 
 from rollout_py import cli
+from rollout_py.atomic import temp_path
 from rollout_py.controls import (
     Control,
     Inbox,
     new_control_id,
     running_deploys,
     send_control,
-    temp_path,
 )
 from rollout_py.errors import ControlRefusedError, InputError
 from rollout_py.events import ControlAction

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from rollout_py.atomic import write_atomic
 from rollout_py.errors import InputError, LabError
 from rollout_py.flags import edit
 from rollout_py.flags.model import FlagFile, load_flags
@@ -59,7 +60,7 @@ class FlagApp:
 
     def write(self, flags: FlagFile | str) -> None:
         text = flags if isinstance(flags, str) else edit.to_json(flags)
-        flagfiles.write_atomic(self.flag_file, text)
+        write_atomic(self.flag_file, text)
 
 
 def poll(what: str, check: Callable[[], bool], timeout: float = 15) -> None:
@@ -80,7 +81,7 @@ def flag_app(tmp_path: Path, flags_python: Path | None,
     release = tmp_path / "release"
     artifact.unpack(artifact.build_artifact(tmp_path, "3.0", behaviour), release)
     flag_file, log = tmp_path / "flags.json", tmp_path / "app.log"
-    flagfiles.write_atomic(flag_file, edit.to_json(flagfiles.initial_flags()))
+    write_atomic(flag_file, edit.to_json(flagfiles.initial_flags()))
     port = free_port()
     env = os.environ | {"APP_BIND": "127.0.0.1", "APP_PORT": str(port),
                         "APP_FLAGS_FILE": str(flag_file)}
