@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from rollout_py._lifeline import lifeline_env
 from rollout_py.errors import ControllerError
 from rollout_py.events import Failure
-from rollout_py.procs import close_ssh_masters
+from rollout_py.procs import close_control_dir
 from rollout_py.redact import Redactor
 from rollout_py.resources import roles_path
 
@@ -299,5 +299,4 @@ class AnsibleExecutor:
 
     def close(self) -> None:
         """Asks every SSH master this executor's runs opened to exit, then removes their dir."""
-        close_ssh_masters(Path(self.control_dir).glob("*"))
-        shutil.rmtree(self.control_dir, ignore_errors=True)
+        close_control_dir(self.control_dir)

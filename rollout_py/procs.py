@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -126,8 +127,15 @@ def stop_leftovers(runs_dir: Path, control_dir: str | None) -> list[int]:
         procs += [p for p in processes_mentioning(control_dir) if p.alive()]
     stop_all(procs, timeout=10)
     if control_dir:
-        close_ssh_masters(Path(control_dir).glob("*"))
+        close_control_dir(control_dir)
     return [p.pid for p in procs]
+
+
+def close_control_dir(control_dir: str) -> None:
+    """A deploy's SSH control directory: its masters asked to exit, then the directory
+    removed (by its deploy's clean-up, or by the next command after a kill -9)."""
+    close_ssh_masters(Path(control_dir).glob("*"))
+    shutil.rmtree(control_dir, ignore_errors=True)
 
 
 def close_ssh_masters(sockets: Iterable[Path], *, budget: float = 20.0) -> None:

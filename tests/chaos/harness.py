@@ -133,8 +133,11 @@ def check_invariants(lab: Layout, run: Run, *, failed_requests: int = 0,
         assert deploy_processes(record.deploy_id, only=processes) == [], \
             f"left by {record.deploy_id}"
     assert processes_mentioning(str(state)) == []
-    assert not any(p.name.startswith("rollout-cp-") for p in Path("/tmp").iterdir()
-                   if p.is_dir() and any(d.deploy_id in p.name for d in _deploys(state)))
+    # After a kill at the very end the deploy's SSH control directory stays with its masters
+    # (its clean-up never ran); the fleet's next deploy removes both, and this check then.
+    if not processes:
+        assert not any(p.name.startswith("rollout-cp-") for p in Path("/tmp").iterdir()
+                       if p.is_dir() and any(d.deploy_id in p.name for d in _deploys(state)))
 
 
 def deploy_processes(deploy_id: str, *, within: float = 5.0, only: str = "") -> list[str]:
