@@ -21,16 +21,14 @@ from rollout_py.api_pools import PoolChoice, choice_from_meta, plan_args, pool_s
 from rollout_py.api_pools import read_choice as read_pools
 from rollout_py.balancer.fleet import Balancer
 from rollout_py.balancer.runtime import validate_name
-from rollout_py.checks_for import haproxy_up_check, make_checks
-from rollout_py.controls import Control
-from rollout_py.engine import Engine, Settings, new_deploy_id
+from rollout_py.engine import Engine, new_deploy_id
+from rollout_py.engine_build import build_engine
 from rollout_py.errors import BalancerError, InputError
 from rollout_py.executor import Executor, previous_versions_from_artifacts
 from rollout_py.inventory import Inventory, InventoryHost
-from rollout_py.phase_run import phase_hosts, phases_for
+from rollout_py.phase_run import phase_hosts
 from rollout_py.planner import Plan, make_plan
-from rollout_py.preflight import preflight, read_versions, version_reader
-from rollout_py.probes import Prober
+from rollout_py.preflight import preflight, read_versions
 from rollout_py.procs import stop_leftovers
 from rollout_py.redact import Redactor
 from rollout_py.result import DeployResult
@@ -39,7 +37,6 @@ from rollout_py.shaping import shaping_for
 from rollout_py.spec import Spec, load_spec
 from rollout_py.state import StateDir, digest
 from rollout_py.steps import describe_gate
-from rollout_py.switch import PoolSettings
 from rollout_py.validate import validate_version
 
 __all__ = ["Context", "deploy", "load_spec", "open_balancer", "plan", "resume",
@@ -217,6 +214,10 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
         spec = spec.model_copy(update={"strategy": "rolling", "canary": None})
     ctx = Context.resolve(spec, inventory=inventory, limit=limit)
     phase_hosts(ctx, () if strategy else ("expand", "migrate"))  # phases: `on` checked first
+    if strategy is None and spec.phases is not None and (release := spec.phases.release):
+        from rollout_py.flag_api import check_release
+
+        check_release(spec, release.flag, release.variant)  # the flag file, before the lock
     deploy_id = new_deploy_id()
     state = StateDir(Path(state_dir) if state_dir else spec.state_path())
     record = None
@@ -251,12 +252,12 @@ def deploy(spec: Spec, *, version: str, inventory: str | None = None, limit: str
                       allow_no_rollback=allow_no_rollback, state=state)
             if (shaping := shaping_for(spec, lbs)) is not None:
                 shaping.preflight()  # the map is loaded on every LB
-            return session.run(lambda all_sinks: _engine(
+            return session.run(lambda all_sinks: build_engine(
                 ctx, the_plan, runner, lbs, session.all_vars, versions, force_drain,
                 all_sinks, deploy_id, session.redactor, ignore_metrics=ignore_metrics,
                 controls=session.controls(deploy_id),
                 pools=pool_settings(spec, full, choice, session.router(), version)
-                if choice else None, phases=strategy is None), record.journal)
+                if choice else None, phases=state if strategy is None else None), record.journal)
         except InputError as exc:
             if record is not None and not session.started:
                 shutil.rmtree(record.path, ignore_errors=True)  # refused: nothing happened
@@ -278,35 +279,6 @@ def _name_deploy(exc: InputError, deploy_id: str) -> None:
     """Names the deploy a refusal is about (``rollout ... --json`` prints it)."""
     if getattr(exc, "deploy_id", None) is None:
         setattr(exc, "deploy_id", deploy_id)  # noqa: B010 (InputError declares no such field)
-
-
-def _engine(ctx: Context, the_plan: Plan, executor: Executor, lbs: Balancer,
-            all_vars: Mapping[str, Any], versions: Mapping[str, str | None], force_drain: bool,
-            sinks: Sequence[Callable[[ev.Event], None]], deploy_id: str,
-            redactor: Redactor, *, ignore_metrics: bool = False,
-            controls: Callable[[], Sequence[Control]] | None = None,
-            pools: PoolSettings | None = None, phases: bool = False) -> Engine:
-    from rollout_py.analysis.prometheus import query as prom_query
-
-    spec = ctx.spec
-    prober = Prober(executor.run_command, haproxy_up_check(lbs))
-    engine = Engine(
-        the_plan, executor=executor, balancer=lbs, prober=prober,
-        checks=make_checks(ctx, all_vars),
-        settings=Settings(health=spec.health, drain_timeout=spec.haproxy.drain_timeout,
-                          up_timeout=spec.haproxy.up_timeout, force_drain=force_drain,
-                          extravars={}, known_versions=versions,
-                          version_of=version_reader(ctx) if spec.version_url else None,
-                          stage_tags=spec.stage.tags if spec.stage else None,
-                          switch_tags=spec.stage.switch_tags if spec.stage else None,
-                          analysis=spec.analysis, prometheus=prom_query,
-                          ignore_metrics=ignore_metrics, controls=controls,
-                          warmup=spec.haproxy.warmup, warmup_from=spec.haproxy.warmup_from,
-                          pools=pools, watch=pools is None),
-        sinks=sinks, deploy_id=deploy_id, redactor=redactor)
-    engine.shaping = shaping_for(spec, lbs)  # map entries held while it runs
-    engine.phases = phases_for(ctx, executor, redactor) if phases else None  # rollout deploy
-    return engine
 
 
 def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
@@ -388,10 +360,11 @@ def resume(spec: Spec, deploy_id: str | None = None, *, continue_: bool = True,
             pools.preview, pools.baseline_seconds = (), 0.0
 
         def engine(all_sinks: Sequence[Callable[[ev.Event], None]]) -> Engine:
-            built = _engine(ctx, the_plan, runner, lbs, session.all_vars, known, False,
-                            all_sinks, record.deploy_id, session.redactor,
-                            ignore_metrics=ignore_metrics, phases=bool(meta.get("phases")),
-                            controls=session.controls(record.deploy_id), pools=pools)
+            built = build_engine(ctx, the_plan, runner, lbs, session.all_vars, known, False,
+                                 all_sinks, record.deploy_id, session.redactor,
+                                 ignore_metrics=ignore_metrics,
+                                 phases=state if meta.get("phases") else None,
+                                 controls=session.controls(record.deploy_id), pools=pools)
             if not continue_:
                 built.stop_after_reconcile()
             return built

@@ -7,9 +7,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rollout_py import events as ev
-from rollout_py.api import Context, _engine, _spec_snapshot
+from rollout_py.api import Context, _spec_snapshot
 from rollout_py.api_pools import PoolChoice, pool_settings, read_choice
 from rollout_py.engine import new_deploy_id
+from rollout_py.engine_build import build_engine
 from rollout_py.errors import InputError
 from rollout_py.planner import Plan, switch_back_plan
 from rollout_py.result import DeployResult
@@ -65,6 +66,6 @@ def switch_back(spec: Spec, *, inventory: str | None = None,
         lbs = session.balancer
         pools = pool_settings(spec, ctx, choice, router, VERSION)
         pools.preview, pools.baseline_seconds, pools.scale_down_playbook = (), 0.0, None
-        return session.run(lambda all_sinks: _engine(
+        return session.run(lambda all_sinks: build_engine(
             ctx.narrowed(choice.hosts[choice.idle]), the_plan, runner, lbs, {}, {}, False,
             all_sinks, deploy_id, session.redactor, pools=pools), record.journal)

@@ -39,15 +39,19 @@ def contract(spec_file: Path, inventory: str | None, force: bool, state_dir: Pat
     spec = api.load_spec(spec_file)
     result = run(spec, force=force, inventory=inventory, state_dir=state_dir,
                  lock_wait=lock_wait, verbosity=max(0, verbose - 1))
-    if result.status in ("forced", "failed", "cancelled") and result.blocking:
+    if result.status in ("forced", "failed", "cancelled"):
         for host in result.blocking:
             click.echo(f"rollout: WARNING: --force: {host.line()}", err=True)
+        for why in result.unmet:
+            click.echo(f"rollout: WARNING: --force: {why}", err=True)
     if as_json:
         click.echo(json.dumps({"result": result.to_json()}))
         return result.exit_code
     click.echo(f"contract (requires {result.requires}, on {result.on}):")
     for host in result.hosts:
         click.echo(f"  {'BLOCKS' if host.blocking else 'ok':<6} {host.line()}")
+    for why in result.unmet:
+        click.echo(f"  BLOCKS {why}")
     click.echo(f"{result.status} (exit {result.exit_code}): {result.cause}")
     if result.detail and result.status != "refused":
         click.echo("  output: " + result.detail.strip().splitlines()[-1][:300])

@@ -10,7 +10,10 @@ The gate, per host (every host of the spec's ``hosts``, whatever its state):
   (``rollout_py.phase_status.journaled_versions``) counts: it may come back on either;
 - no version known at all, or one that does not parse (``packaging``): it blocks.
 
-A host whose version is older than ``requires`` blocks. A refusal (exit 2, ``refused``) names
+A host whose version is older than ``requires`` blocks; so does a deploy phase the spec has
+(``release``, ``migrate``) that no deploy of ``requires`` or newer journaled as done: dropping
+what the old version needed before the backfill finished, or before the feature was released,
+would lose data or the way back. A refusal (exit 2, ``refused``) names
 each blocking host, its version, where it came from and its LB state; nothing runs. With
 ``force`` the contract runs anyway (``forced``), each blocking host journaled.
 
@@ -44,7 +47,7 @@ from rollout_py.engine import new_deploy_id
 from rollout_py.errors import BalancerError, ControllerError, InputError
 from rollout_py.executor import Executor
 from rollout_py.phase_run import AnsiblePhaseRunner, PhaseOutcome, PhaseRunner, phase_host
-from rollout_py.phase_status import create_contract_record, journaled_versions
+from rollout_py.phase_status import create_contract_record, journaled_versions, unmet_phase
 from rollout_py.preflight import read_versions
 from rollout_py.session import FleetSession, lease_backends, open_balancer
 from rollout_py.spec import Spec
@@ -89,6 +92,7 @@ class ContractResult:
     on: str
     hosts: tuple[HostVersion, ...]
     detail: str = ""  # the command's output tail
+    unmet: tuple[str, ...] = ()  # deploy phases not done (see the module)
 
     @property
     def blocking(self) -> tuple[HostVersion, ...]:
@@ -243,7 +247,10 @@ def contract(spec: Spec, *, force: bool = False, inventory: str | None = None,
         emit = _Emitter(contract_id, [journal, *sinks])
         try:
             hosts = _gather(ctx, phase, state, balancer, versions)
-            return _decide_and_run(ctx, phase, on, hosts, emit, session, path, runner,
+            unmet = tuple(why for name in ("release", "migrate")
+                          if getattr(spec.phases, name) is not None
+                          and (why := unmet_phase(state, spec.name, name, phase.requires)))
+            return _decide_and_run(ctx, phase, on, hosts, unmet, emit, session, path, runner,
                                    force=force, contract_id=contract_id,
                                    install=install_signal_handlers)
         finally:
@@ -261,12 +268,12 @@ def _gather(ctx: Context, phase: ContractSpec, state: StateDir, balancer: Balanc
 
 
 def _decide_and_run(ctx: Context, phase: ContractSpec, on: str, hosts: tuple[HostVersion, ...],
-                    emit: _Emitter, session: FleetSession, path: Path,
+                    unmet: tuple[str, ...], emit: _Emitter, session: FleetSession, path: Path,
                     runner: PhaseRunner | None, *, force: bool, contract_id: str,
                     install: bool) -> ContractResult:
     blocking = tuple(h.host for h in hosts if h.blocking)
     emit(ev.ContractChecked, requires=phase.requires, blocking=blocking,
-         forced=force and bool(blocking),
+         forced=force and bool(blocking or unmet), unmet=unmet,
          hosts={h.host: {"version": h.version or "", "source": h.source, "lb": h.lb,
                          "verdict": h.verdict, "journal": h.journal or ""} for h in hosts})
 
@@ -274,12 +281,15 @@ def _decide_and_run(ctx: Context, phase: ContractSpec, on: str, hosts: tuple[Hos
         emit(ev.ContractFinished, status=status, exit_code=EXIT_CODES[status], cause=cause,
              blocking=blocking)
         return ContractResult(contract_id, status, EXIT_CODES[status], cause, phase.requires,
-                              on, hosts, detail)
+                              on, hosts, detail, unmet)
 
     if blocking and not force:
         return end("refused", f"{len(blocking)} of {len(hosts)} hosts may run a version older "
                               f"than {phase.requires} (or one not known): "
-                              + "; ".join(h.line() for h in hosts if h.blocking))
+                              + "; ".join(h.line() for h in hosts if h.blocking)
+                              + "".join(f"; {why}" for why in unmet))
+    if unmet and not force:
+        return end("refused", "; ".join(unmet))
     runner = runner or AnsiblePhaseRunner(
         session.executor(runs=path / "runs", control_dir=f"/tmp/rollout-cp-{contract_id}"),
         base_dir=Path(ctx.spec.base_dir), hosts={"contract": on}, redactor=session.redactor)
@@ -297,7 +307,9 @@ def _decide_and_run(ctx: Context, phase: ContractSpec, on: str, hosts: tuple[Hos
         return end("cancelled", f"interrupted: the contract on {on} was stopped", out.detail)
     if not out.ok:
         return end("failed", f"the contract failed on {on}: {out.detail[-300:]}", out.detail)
-    if blocking:
-        return end("forced", f"ran under --force on {on} although {', '.join(blocking)} "
-                             f"may run a version older than {phase.requires}", out.detail)
+    if blocking or unmet:
+        past = [f"{', '.join(blocking)} may run a version older than {phase.requires}"] \
+            if blocking else []
+        return end("forced", f"ran under --force on {on} although "
+                             + "; ".join([*past, *unmet]), out.detail)
     return end("done", f"every host runs {phase.requires} or newer; ran on {on}", out.detail)

@@ -202,7 +202,8 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, PhaseSteps, Resum
                 self._stage(state)
             if not state.failed:
                 self._loop(start, done, state)
-                self._migrate(state)  # phases: after every batch and its traffic steps
+                self._release(state)  # phases: the flag ramp, after every batch
+                self._migrate(state)  # phases: after every batch (and the release)
         except LBLost as exc:
             state.failed, state.resumable = True, True
             state.cause = f"{exc}; stopped: run `rollout resume` once the LB answers again"

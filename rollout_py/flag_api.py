@@ -18,20 +18,17 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
-import os
 import signal
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rollout_py.api import Context
-from rollout_py.atomic import write_atomic
 from rollout_py.balancer.fleet import Balancer
 from rollout_py.engine import new_deploy_id
 from rollout_py.errors import InputError, RolloutError
@@ -41,6 +38,15 @@ from rollout_py.executor import AnsibleExecutor, Executor
 from rollout_py.flag_analysis import FleetCounters
 from rollout_py.flag_change import FlagChange, FlagResult, Interrupted
 from rollout_py.flag_hosts import Fetch, FlagHosts, http_header, sha1
+from rollout_py.flag_records import (
+    create_record,
+    parse_text,
+    records,
+    recover,
+    static_variant,
+    supersede,
+    unfinished,
+)
 from rollout_py.flags.edit import describe, kill, ramp, set_variant, to_json
 from rollout_py.flags.model import Flag, FlagFile, load_flags
 from rollout_py.session import FleetSession
@@ -49,7 +55,7 @@ from rollout_py.spec_flags import FlagsSpec, ramp_steps
 from rollout_py.state import Journal, StateDir, read_journal
 
 Sink = Callable[[Event], None]
-__all__ = ["flag_kill", "flag_list", "flag_ramp", "flag_set"]
+__all__ = ["flag_kill", "flag_list", "flag_ramp", "flag_set", "release_ramp"]
 
 
 def _flags(spec: Spec) -> tuple[FlagsSpec, Path, FlagFile]:
@@ -82,42 +88,6 @@ def ramp_variant(flag: Flag, name: str, variant: str | None) -> str:
         raise InputError(f"flags.{name}: name the variant to ramp with --variant (one of "
                          f"{', '.join(others)})")
     return others[0]
-
-
-def static_variant(ff: FlagFile, name: str) -> str | None:
-    """The variant every subject gets when the flag has no targeting (else None)."""
-    flag = ff.flag(name)
-    return flag.default_variant if not flag.targeting else None
-
-
-# --- the change's record -------------------------------------------------------------------
-def _flags_dir(state: StateDir) -> Path:
-    return state.root / "flags"
-
-
-def _create_record(state: StateDir, change_id: str, meta: dict[str, Any]) -> Path:
-    path = _flags_dir(state) / change_id
-    path.mkdir(parents=True, exist_ok=False)
-    base = {"change_id": change_id, "user": getpass.getuser(), "host": socket.gethostname(),
-            "pid": os.getpid(), "created": time.time()}
-    write_atomic(path / "meta.json", json.dumps(base | meta, indent=2) + "\n")
-    return path
-
-
-def _records(state: StateDir) -> list[Path]:
-    root = _flags_dir(state)
-    return sorted(p for p in root.iterdir() if (p / "meta.json").exists()) \
-        if root.is_dir() else []
-
-
-def _unfinished(state: StateDir) -> list[tuple[Path, list[Event]]]:
-    out = []
-    for path in _records(state):
-        events = read_journal(path / "journal.jsonl") if (path / "journal.jsonl").exists() \
-            else []
-        if events and not isinstance(events[-1], fev.FlagChangeFinished):
-            out.append((path, events))
-    return out
 
 
 @contextlib.contextmanager
@@ -154,23 +124,32 @@ def flag_ramp(spec: Spec, name: str, *, to: int, variant: str | None = None,
     return _change(spec, "ramp", name, variant=variant, to=to, **options)
 
 
-def _change(spec: Spec, command: fev.FlagCommand, name: str, *, variant: str | None = None,
-            to: int | None = None, inventory: str | None = None,
-            state_dir: str | Path | None = None, lock_wait: float = 0.0,
-            sinks: Sequence[Sink] = (), executor: Executor | None = None,
-            balancer: Balancer | None = None, fetch: Fetch = http_header,
-            install_signal_handlers: bool = True, verbosity: int = 0,
-            sleep: Callable[[float], None] = time.sleep) -> FlagResult:
+@dataclass(frozen=True, slots=True)
+class _Edit:
+    """A change validated before anything is touched: the file before it, the file of each
+    step, the variant it aims at (``target``: ``on@50%`` for a ramp)."""
+
+    fs: FlagsSpec
+    controller: Path
+    ff: FlagFile
+    before: str
+    targets: list[str]
+    steps: list[int]
+    variant: str | None
+    target: str
+
+
+def _edit(spec: Spec, command: fev.FlagCommand, name: str, *, variant: str | None,
+          to: int | None) -> _Edit:
     fs, controller, ff = _flags(spec)  # FlagError (exit 2) before anything else
     before = to_json(ff)
+    steps: list[int] = []
     if command == "set":
         assert variant is not None
         targets = [to_json(set_variant(ff, name, variant))]
-        steps: list[int] = []
     elif command == "kill":
         targets = [to_json(kill(ff, name, variant))]
         variant = static_variant(parse_text(targets[0]), name)
-        steps = []
     else:
         assert to is not None
         if spec.analysis is None:
@@ -182,53 +161,122 @@ def _change(spec: Spec, command: fev.FlagCommand, name: str, *, variant: str | N
             raise InputError(f"flags.{name}: {variant!r} is at {now}% already (--to {to}%)")
         steps = ramp_steps(fs.ramp, current=now, to=to)
         targets = [to_json(ramp(ff, name, variant, pct)) for pct in steps]  # all valid first
+    target = f"{variant}@{to}%" if command == "ramp" else str(variant)
+    return _Edit(fs, controller, ff, before, targets, steps, variant, target)
+
+
+def _change(spec: Spec, command: fev.FlagCommand, name: str, *, variant: str | None = None,
+            to: int | None = None, inventory: str | None = None,
+            state_dir: str | Path | None = None, lock_wait: float = 0.0,
+            sinks: Sequence[Sink] = (), executor: Executor | None = None,
+            balancer: Balancer | None = None, fetch: Fetch = http_header,
+            install_signal_handlers: bool = True, verbosity: int = 0,
+            sleep: Callable[[float], None] = time.sleep) -> FlagResult:
+    edit = _edit(spec, command, name, variant=variant, to=to)
     ctx = Context.resolve(spec, inventory=inventory)
     state = StateDir(Path(state_dir) if state_dir else spec.state_path())
     change_id = new_deploy_id()
-    target = f"{variant}@{to}%" if command == "ramp" else str(variant)
     with FleetSession(ctx, state=state, extravars={}, secret_names=[], verbosity=verbosity,
                       lock_wait=lock_wait, executor=executor, balancer=balancer,
                       install_signal_handlers=False) as session:
-        session.lock(deploy_id=change_id, message=f"flag {command} {name} {target}")
-        record = _create_record(state, change_id, {
-            "command": command, "flag": name, "target": target, "spec_file": spec.source,
-            "inventory": ctx.inventory_source, "controller": str(controller)})
+        session.lock(deploy_id=change_id, message=f"flag {command} {name} {edit.target}")
+        record = create_record(state, change_id, {
+            "command": command, "flag": name, "target": edit.target,
+            "spec_file": spec.source, "inventory": ctx.inventory_source,
+            "controller": str(edit.controller)})
         runner = session.executor(runs=record / "runs",
                                   control_dir=f"/tmp/rollout-cp-{change_id}")
-        effect = fs.effect
-        urls = {h.name: ctx.inventory.render(effect.url, h) for h in ctx.fleet} \
-            if effect else {}
-        hosts = FlagHosts(runner, [h.name for h in ctx.fleet], fs.path, work_dir=record / "files",
-                          effect_urls=urls, header=effect.header_for(name) if effect else "",
-                          fetch=fetch)
-        for path, events in _unfinished(state):
-            if path.name == change_id:
-                continue
-            if command == "kill":  # an emergency: its own push replaces what was left
-                _supersede(path, events, hosts, controller, sinks, change_id)
-            else:
-                _recover(path, events, hosts, controller, sinks, sleep)
-        journal = Journal(record / "journal.jsonl")
-        change = FlagChange(change_id, command=command, flag=name, hosts=hosts,
-                            controller=controller, before=before, sinks=[journal, *sinks],
-                            settle=effect.settle if effect else 1.0,
-                            effect_timeout=effect.timeout if effect else 15.0, sleep=sleep)
-        try:
-            with _signals(change, install_signal_handlers):
-                if command == "ramp":
-                    assert spec.analysis is not None and variant is not None
-                    counters = FleetCounters(session.balancer, sorted(ctx.servers.values()))
-                    return _ramp(change, ff, name, variant, steps, targets, fs, spec, counters)
-                return _set_or_kill(change, ff, name, command, str(variant), targets[0])
-        finally:
-            journal.close()
+        return _apply(spec, ctx, state, edit, _Run(
+            command, name, change_id, record, runner, session.balancer, sinks, fetch, sleep,
+            install_signal_handlers))
 
 
-def parse_text(text: str) -> FlagFile:
-    from rollout_py.flags.jsonpos import load_json
-    from rollout_py.flags.model import parse_flags
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Who runs a change, where it is journaled and how it is stopped."""
 
-    return parse_flags(load_json(text, source="<edit>").data, source="<edit>")
+    command: fev.FlagCommand
+    name: str
+    change_id: str
+    record: Path
+    runner: Executor
+    balancer: Balancer
+    sinks: Sequence[Sink]
+    fetch: Fetch
+    sleep: Callable[[float], None]
+    install_signal_handlers: bool
+    cancel: Callable[[], bool] | None = None
+
+
+def _apply(spec: Spec, ctx: Context, state: StateDir, edit: _Edit, run: _Run) -> FlagResult:
+    """With the fleet's locks held: finishes earlier unfinished changes, then runs this one
+    with its own journal."""
+    effect = edit.fs.effect
+    urls = {h.name: ctx.inventory.render(effect.url, h) for h in ctx.fleet} if effect else {}
+    hosts = FlagHosts(run.runner, [h.name for h in ctx.fleet], edit.fs.path,
+                      work_dir=run.record / "files", effect_urls=urls,
+                      header=effect.header_for(run.name) if effect else "", fetch=run.fetch)
+    for path, events in unfinished(state):
+        if path.name == run.change_id:
+            continue
+        if run.command == "kill":  # an emergency: its own push replaces what was left
+            supersede(path, events, hosts, edit.controller, run.sinks, run.change_id)
+        else:
+            recover(path, events, hosts, edit.controller, run.sinks, run.sleep)
+    journal = Journal(run.record / "journal.jsonl")
+    change = FlagChange(run.change_id, command=run.command, flag=run.name, hosts=hosts,
+                        controller=edit.controller, before=edit.before,
+                        sinks=[journal, *run.sinks], settle=effect.settle if effect else 1.0,
+                        effect_timeout=effect.timeout if effect else 15.0, sleep=run.sleep,
+                        cancel=run.cancel)
+    try:
+        with _signals(change, run.install_signal_handlers):
+            if run.command == "ramp":
+                assert spec.analysis is not None and edit.variant is not None
+                counters = FleetCounters(run.balancer, sorted(ctx.servers.values()))
+                return _ramp(change, edit.ff, run.name, edit.variant, edit.steps,
+                             edit.targets, edit.fs, spec, counters)
+            return _set_or_kill(change, edit.ff, run.name, run.command, str(edit.variant),
+                                edit.targets[0])
+    finally:
+        journal.close()
+
+
+def check_release(spec: Spec, name: str, variant: str | None) -> tuple[str, Flag]:
+    """The variant a deploy's release raises and its flag, or FlagError/InputError naming the
+    problem (a deploy checks this before it touches anything). The variant is fixed by the
+    spec (``on`` unless named), never by the file: a done ramp is not undone by a resume."""
+    _, _, ff = _flags(spec)
+    flag = ff.flag(name)
+    chosen = variant or "on"
+    if chosen not in flag.variants:
+        field = "variant" if variant else "variant (default on)"
+        raise InputError(f"{spec.source}: phases.release.{field}: flag {name} has no variant "
+                         f"{chosen!r}; name the one to release (one of "
+                         f"{', '.join(flag.variants)})")
+    return chosen, flag
+
+
+def release_ramp(spec: Spec, ctx: Context, state: StateDir, *, name: str, to: int,
+                 variant: str | None, deploy_id: str, executor: Executor, balancer: Balancer,
+                 cancel: Callable[[], bool], sinks: Sequence[Sink] = (),
+                 fetch: Fetch = http_header,
+                 sleep: Callable[[float], None] = time.sleep) -> FlagResult | None:
+    """A deploy's ``phases.release``: the ramp run inside the deploy (its locks held, its
+    executor and LBs; journaled in ``flags/`` like a ``flag ramp``, naming the deploy).
+    None when the flag's variant is at ``to`` or above already (nothing to do)."""
+    variant, flag = check_release(spec, name, variant)
+    if current_percent(flag, variant) >= to:
+        return None
+    edit = _edit(spec, "ramp", name, variant=variant, to=to)
+    change_id = new_deploy_id()
+    record = create_record(state, change_id, {
+        "command": "ramp", "flag": name, "target": edit.target, "spec_file": spec.source,
+        "inventory": ctx.inventory_source, "controller": str(edit.controller),
+        "deploy_id": deploy_id})
+    return _apply(spec, ctx, state, edit, _Run(
+        "ramp", name, change_id, record, executor, balancer, sinks, fetch, sleep, False,
+        cancel))
 
 
 def _set_or_kill(change: FlagChange, ff: FlagFile, name: str, command: str, variant: str,
@@ -300,51 +348,6 @@ def _ramp(change: FlagChange, ff: FlagFile, name: str, variant: str, steps: list
         return change.revert(f"stopped by an error: {exc}", before_variant=back)
 
 
-def _recover(path: Path, events: list[Event], hosts: FlagHosts, controller: Path,
-             sinks: Sequence[Sink], sleep: Callable[[float], None]) -> FlagResult:
-    """An earlier change whose controller stopped: a ramp is reverted to its ``before``; a
-    set or kill is completed (its content pushed again), both journaled in its journal."""
-    started = next(e for e in events if isinstance(e, fev.FlagChangeStarted))
-    journal = Journal(path / "journal.jsonl")
-    change = FlagChange(path.name, command=started.command, flag=started.flag, hosts=hosts,
-                        controller=controller, before=started.before,
-                        sinks=[journal, *sinks], sleep=sleep)
-    change.seq = events[-1].seq
-    try:
-        back = static_variant(parse_text(started.before), started.flag)
-        pushes = [e for e in events if isinstance(e, fev.FlagPushStarted) and e.step == 0]
-        if started.command == "ramp" or not pushes:
-            return change.revert(f"recovered: the controller stopped during this "
-                                 f"{started.command}; reverted", before_variant=back)
-        content = pushes[-1].content
-        left = change.push(content, step=0, variant=started.target)
-        change.commit(content)
-        if left:
-            return change.finish("failed", "recovered, but not on every host", left)
-        return change.finish("ok", f"recovered: the {started.command} was completed")
-    finally:
-        journal.close()
-
-
-def _supersede(path: Path, events: list[Event], hosts: FlagHosts, controller: Path,
-               sinks: Sequence[Sink], by: str) -> None:
-    """An unfinished change closed without a push of its own, because a kill comes next: the
-    kill writes the controller's copy (which never held the unfinished change) with the flag
-    killed on every host, which undoes it."""
-    started = next(e for e in events if isinstance(e, fev.FlagChangeStarted))
-    journal = Journal(path / "journal.jsonl")
-    change = FlagChange(path.name, command=started.command, flag=started.flag, hosts=hosts,
-                        controller=controller, before=started.before, sinks=[journal, *sinks])
-    change.seq = events[-1].seq
-    cause = (f"recovered: the controller stopped during this {started.command}; superseded "
-             f"by kill {by}, whose file (the controller's copy, flag killed) replaces it")
-    try:
-        change.emit(fev.FlagRevertStarted, cause=cause)
-        change.finish("reverted", cause)
-    finally:
-        journal.close()
-
-
 def flag_list(spec: Spec, *, hosts: bool = False, inventory: str | None = None,
               executor: Executor | None = None, state_dir: str | Path | None = None
               ) -> dict[str, Any]:
@@ -358,13 +361,13 @@ def flag_list(spec: Spec, *, hosts: bool = False, inventory: str | None = None,
                    "targeting": dict(f.targeting), "line": line}
                   for (n, f), line in zip(ff.flags.items(), describe(ff), strict=True)]}
     state = StateDir(Path(state_dir) if state_dir else spec.state_path())
-    records = _records(state)
-    if records:
-        events = read_journal(records[-1] / "journal.jsonl") \
-            if (records[-1] / "journal.jsonl").exists() else []
+    recs = records(state)
+    if recs:
+        events = read_journal(recs[-1] / "journal.jsonl") \
+            if (recs[-1] / "journal.jsonl").exists() else []
         end = events[-1] if events and isinstance(events[-1], fev.FlagChangeFinished) else None
-        meta = json.loads((records[-1] / "meta.json").read_text())
-        out["last_change"] = {"change_id": records[-1].name, "command": meta.get("command"),
+        meta = json.loads((recs[-1] / "meta.json").read_text())
+        out["last_change"] = {"change_id": recs[-1].name, "command": meta.get("command"),
                               "flag": meta.get("flag"), "target": meta.get("target"),
                               "status": end.status if end else "unfinished",
                               "cause": end.cause if end else None}

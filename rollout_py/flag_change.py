@@ -61,11 +61,13 @@ class FlagChange:
     def __init__(self, change_id: str, *, command: fev.FlagCommand, flag: str,
                  hosts: FlagHosts, controller: Path, before: str, sinks: Sequence[Sink],
                  settle: float = 1.0, effect_timeout: float = 15.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 cancel: Callable[[], bool] | None = None) -> None:
         self.change_id, self.command, self.flag = change_id, command, flag
         self.hosts, self.controller, self.before = hosts, controller, before
         self.sinks, self.settle, self.effect_timeout = list(sinks), settle, effect_timeout
         self.sleep = sleep
+        self.cancel = cancel  # polled like an interrupt (a deploy's ramp: its interrupts)
         self.seq = 0
         self.started = time.monotonic()
         self.interrupts = 0
@@ -88,11 +90,13 @@ class FlagChange:
         """Sleeps in small steps (an interrupt ends the wait within 50 ms)."""
         left = seconds
         while left > 0:
-            if self.interrupts:
-                raise Interrupted
+            self._check()
             self.sleep(min(0.05, left))
             left -= 0.05
-        if self.interrupts:
+        self._check()
+
+    def _check(self) -> None:
+        if self.interrupts or (self.cancel is not None and self.cancel()):
             raise Interrupted
 
     def start(self, *, target: str, steps: Sequence[int] = ()) -> None:

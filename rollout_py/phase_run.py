@@ -31,11 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rollout_py.balancer.fleet import Balancer
 from rollout_py.errors import ControllerError, InputError
 from rollout_py.events.phases import SchemaPhase
 from rollout_py.executor import AnsibleExecutor, Cancel, Executor
 from rollout_py.redact import Redactor
+from rollout_py.release_run import FlagRelease, ReleaseRunner
 from rollout_py.spec_phases import PhaseSpec, PhasesSpec
+from rollout_py.state import StateDir
 
 if TYPE_CHECKING:
     from rollout_py.api import Context
@@ -68,15 +71,22 @@ class Phases:
 
     spec: PhasesSpec
     runner: PhaseRunner
+    release: ReleaseRunner | None = None  # phases.release: the flag ramp after the last batch
 
 
-def phases_for(ctx: Context, executor: Executor, redactor: Redactor) -> Phases | None:
-    """A deploy's expand and migrate (None when the spec has neither)."""
+def phases_for(ctx: Context, executor: Executor, redactor: Redactor,
+               balancer: Balancer | None = None, state: StateDir | None = None
+               ) -> Phases | None:
+    """A deploy's expand, release and migrate (None when the spec has none of them)."""
     spec = ctx.spec.phases
-    if spec is None or (spec.expand is None and spec.migrate is None):
+    if spec is None or (spec.expand is None and spec.migrate is None and spec.release is None):
         return None
+    release = None
+    if spec.release is not None:
+        assert balancer is not None and state is not None, "a release needs the LBs and state"
+        release = FlagRelease(ctx, state, executor, balancer)
     return Phases(spec, AnsiblePhaseRunner(executor, base_dir=Path(ctx.spec.base_dir),
-                                           hosts=phase_hosts(ctx), redactor=redactor))
+                                           hosts=phase_hosts(ctx), redactor=redactor), release)
 
 
 def phase_host(ctx: Context, name: str, phase: PhaseSpec) -> str:
@@ -131,6 +141,15 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child)
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+# The parent-death signal reaches only the process it was set in, and /bin/sh (dash) runs a
+# command in a child of its own that would live on. So the shell that gets it passes it on
+# to its whole process group (the session start_new_session made): the command, its
+# children, and itself, the trap reset first. Its exit status is the command's.
+_SUPERVISE = ("trap 'trap - TERM; kill -TERM 0' TERM\n"
+              "/bin/sh -c \"$1\" &\n"
+              "wait $!\n")
+
+
 def run_local(command: str, *, env: Mapping[str, str], cwd: Path, timeout: float,
               cancel: Cancel | None = None, poll: float = 0.1) -> PhaseOutcome:
     """``/bin/sh -c command`` on the controller, in its own process group; a timeout or a
@@ -139,8 +158,9 @@ def run_local(command: str, *, env: Mapping[str, str], cwd: Path, timeout: float
     size = [0]
 
     try:
-        proc = subprocess.Popen(  # the spec's own command line
-            ["/bin/sh", "-c", command], cwd=cwd, env={**os.environ, **env},
+        proc = subprocess.Popen(  # the spec's own command line, as $1 of the supervisor
+            ["/bin/sh", "-c", _SUPERVISE, "rollout-phase", command], cwd=cwd,
+            env={**os.environ, **env},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, errors="replace", start_new_session=True,
             preexec_fn=_die_with_parent)

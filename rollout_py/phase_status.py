@@ -16,7 +16,7 @@ from typing import Any
 from rollout_py import events as ev
 from rollout_py.errors import StateError
 from rollout_py.events.phases import SchemaPhase
-from rollout_py.state import DeployRecord, StateDir, read_journal
+from rollout_py.state import DeployRecord, StateDir, read_journal, records_in_order
 
 
 def contracts_dir(state: StateDir) -> Path:
@@ -36,11 +36,8 @@ def create_contract_record(state: StateDir, contract_id: str, meta: dict[str, An
 
 
 def contract_records(state: StateDir) -> list[Path]:
-    """Every contract record, oldest first (ids start with their UTC start time)."""
-    root = contracts_dir(state)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if (p / "meta.json").exists())
+    """Every contract record, oldest first (``state.records_in_order``)."""
+    return records_in_order(contracts_dir(state))
 
 
 def journaled_versions(state: StateDir, fleet: str) -> dict[str, tuple[str | None, str]]:
@@ -58,6 +55,36 @@ def journaled_versions(state: StateDir, fleet: str) -> dict[str, tuple[str | Non
             if record.meta().get("name") == fleet:
                 _fold(record, found)
     return found
+
+
+def unmet_phase(state: StateDir, fleet: str, phase: SchemaPhase, requires: str) -> str | None:
+    """None when some deploy of this fleet of version ``requires`` or newer journaled
+    ``phase`` as done (the contract may follow it); else why not, naming the last such
+    deploy.
+
+    Example:
+        >>> unmet_phase(StateDir(Path("/nonexistent")), "web", "migrate", "2.0")
+        'migrate has not finished in a deploy of 2.0 or newer (none journaled)'
+    """
+    from rollout_py.phases import phase_state
+    from rollout_py.spec_phases import parse_version
+
+    need = parse_version(requires)
+    last = "none journaled"
+    for record in state.deploys() if state.root.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, StateError):
+            if record.meta().get("name") != fleet:
+                continue
+            events = record.events()
+            start = next((e for e in events if isinstance(e, ev.DeployStarted)), None)
+            version = parse_version(start.version) if start is not None else None
+            if start is None or version is None or need is None or version < need:
+                continue
+            st = phase_state(events, phase)
+            if st == "done":
+                return None
+            last = f"last: deploy {record.deploy_id} of {start.version}: {phase} {st}"
+    return f"{phase} has not finished in a deploy of {requires} or newer ({last})"
 
 
 def _fold(record: DeployRecord, found: dict[str, tuple[str | None, str]]) -> None:
@@ -105,7 +132,7 @@ def contract_state(state: StateDir) -> dict[str, Any] | None:
 
 def phase_summary(state: StateDir, record: DeployRecord | None, *,
                   running: bool = False) -> dict[str, Any]:
-    """``rollout status``'s phases: expand and migrate of the last deploy (done | failed |
+    """``rollout status``'s phases: expand, release and migrate of the last deploy (done | failed |
     running | interrupted | not run; interrupted: started, no end journaled, and the deploy
     is not running: a resume runs it again), and the last contract (``contract_state``)."""
     from rollout_py.phases import phase_state
@@ -115,7 +142,7 @@ def phase_summary(state: StateDir, record: DeployRecord | None, *,
         with contextlib.suppress(OSError, ValueError, StateError):
             events = record.events()
     out: dict[str, Any] = {"deploy_id": record.deploy_id if record else None}
-    names: tuple[SchemaPhase, ...] = ("expand", "migrate")
+    names: tuple[SchemaPhase, ...] = ("expand", "release", "migrate")
     for name in names:
         st = phase_state(events, name)
         out[name] = "interrupted" if st == "running" and not running else st

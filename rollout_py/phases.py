@@ -1,17 +1,24 @@
-"""The engine's schema-change phases: ``expand`` before the first batch, ``migrate`` after the
-last one, each journaled (``PhaseStarted``/``PhaseFinished``) and taken up again by a resume.
-Mixed into the Engine.
+"""The engine's phases: ``expand`` before the first batch; after the last one ``release`` (the
+feature's flag ramped with the analysis gates) then ``migrate``; each journaled
+(``PhaseStarted``/``PhaseFinished``) and taken up again by a resume. Mixed into the Engine.
 
 Rules:
 
 - ``expand`` runs after ``DeployStarted`` and before staging, shaping or any drain; a failure
   ends the deploy with nothing else touched (``rolled_back``, exit 1: the release is refused
   and the fleet is whole on its version); once journaled as finished it never runs again.
-- ``migrate`` runs only once every batch and its traffic steps succeeded (never on a stop, a
-  rollback or an interrupt before it); a run not journaled as finished is run again by a
-  resume (the user's backfill must be idempotent); a failure stops the deploy resumable
-  (``stopped``, exit 5): nothing is rolled back, the fleet keeps the new version.
-- the first interrupt lets a running phase finish, the second kills it (journaled).
+- ``release`` runs once every batch and its traffic steps succeeded: a ramp reverted by a
+  gate ends the deploy ``rolled_back`` (exit 1: the flag is back as it was on every host, the
+  fleet keeps the new version dark; migrate does not run); refused (too few requests), a host
+  that did not take the file, an error or an interrupt stop it resumable (a resume, after the
+  flag change's own recovery reverted what was left, ramps again from the start).
+- ``migrate`` runs only once every batch, its traffic steps and the release succeeded
+  (never on a stop, a rollback or an interrupt before it); a run not journaled as finished
+  is run again by a resume (the user's backfill must be idempotent); a failure stops the
+  deploy resumable (``stopped``, exit 5): nothing is rolled back, the fleet keeps the new
+  version.
+- the first interrupt lets a running expand or migrate finish, the second kills it
+  (journaled); a release's ramp stops at the first and reverts.
 
 Example:
     >>> engine.phases = Phases(spec=spec.phases, runner=runner)  # doctest: +SKIP
@@ -100,6 +107,42 @@ class PhaseSteps(SagaBase):
         else:
             self._undid = True  # the release is refused: exit 1, like a rolled-back batch
         return False
+
+    def _release(self, state: RunState) -> None:
+        """After every batch succeeded: ramps the release's flag unless the journal has it
+        done."""
+        release = self.phases.spec.release if self.phases is not None else None
+        if release is None or state.failed or not self._completed:
+            return
+        assert self.phases is not None and self.phases.release is not None
+        if phase_state(self._events, "release") == "done":
+            return
+        if self._stop_after_batch.is_set():  # interrupted before it: resume runs it
+            self._completed = False
+            return
+        self._end_watch()  # every host runs the release: the ramp judges the fleet itself
+        attempt = 1 + sum(1 for e in self._events
+                          if isinstance(e, ev.PhaseStarted) and e.phase == "release")
+        self.emit(ev.PhaseStarted, phase="release", on="fleet", what=release.what(),
+                  attempt=attempt)
+        t = time.monotonic()
+        runner = self.phases.release
+        out = runner.run(release, deploy_id=self.deploy_id,
+                         cancel=lambda: self._stop_after_batch.is_set() or self._aborted())
+        self.emit(ev.PhaseFinished, phase="release", ok=out.ok, rc=out.rc, detail=out.detail,
+                  duration=round(time.monotonic() - t, 3))
+        self._flush_interrupts()
+        if out.ok:
+            return
+        state.failed = True
+        if out.rc == 1:  # a gate (or a push) failed and the flag is back as it was
+            self._undid = True
+            state.cause = (f"release reverted: {_last_line(out.detail)}; the fleet runs "
+                           f"{self.plan.version} with the flag as before (dark); migrate not run")
+            return
+        state.resumable = True
+        state.cause = (f"release not done: {_last_line(out.detail)}; every batch is done, the "
+                       f"fleet runs {self.plan.version}; `rollout resume` ramps again")
 
     def _migrate(self, state: RunState) -> None:
         """After every batch succeeded: runs ``migrate`` unless the journal has it done."""

@@ -36,6 +36,11 @@ def phase_plan(ctx: Context) -> PhasePlan:
     if phases.expand is not None:
         out.before.append(f"before batch 1: expand on {hosts['expand']}: "
                           f"{phases.expand.what()} (a failure ends the deploy: nothing drained)")
+    if phases.release is not None:
+        out.after.append(f"after the last batch: release on the fleet: {phases.release.what()} "
+                         "(steps flags.ramp, each judged by the analysis gates; a failed gate "
+                         "puts the flag back and ends the deploy, exit 1)")
+        out.data["release"] = {"on": "fleet", "what": phases.release.what()}
     if phases.migrate is not None:
         out.after.append(f"after the last batch: migrate on {hosts['migrate']}: "
                          f"{phases.migrate.what()} (run again by `rollout resume` until it "
@@ -79,8 +84,10 @@ def phase_status_lines(phases: Mapping[str, Any] | None) -> list[str]:
     """``rollout status``: expand/migrate of the last deploy, the last contract."""
     if not phases:
         return []
+    release = f"release {phases['release']}, " if phases.get("release", "not run") != \
+        "not run" else ""
     lines = [f"phases (deploy {phases.get('deploy_id') or '-'}): expand {phases['expand']}, "
-             f"migrate {phases['migrate']}"]
+             f"{release}migrate {phases['migrate']}"]
     c = phases.get("contract")
     if c is None:
         lines.append("  contract: not run")

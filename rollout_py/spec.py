@@ -279,6 +279,14 @@ class Spec(_Model):
         if self.analysis is None and any(hasattr(s, "analysis") for s in steps):
             raise ValueError("analysis: the canary's analysis steps need an analysis section "
                              "(interval, min_requests, gates)")
+        if self.phases is not None and self.phases.release is not None:
+            for section in ("flags", "analysis"):
+                if getattr(self, section) is None:
+                    raise ValueError(f"{section}: phases.release ramps a flag of the spec's "
+                                     "flags section, judged by its analysis section; add both")
+            if self.strategy == "blue_green":
+                raise ValueError("phases.release: not with strategy blue_green (release the "
+                                 "flag with `rollout flag ramp` after the switch)")
         return self
 
     def state_path(self) -> Path:

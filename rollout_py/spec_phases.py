@@ -6,7 +6,10 @@ Example (rollout.yml)::
       expand:                       # before the first batch (and before staging)
         command: alembic upgrade expand
         on: db-runner               # an inventory host or a pattern matching exactly one
-      migrate:                      # after the last batch succeeded; run again on resume
+      release:                      # after the last batch: ramp a flag with the analysis gates
+        flag: new-greeting          # a flag of the spec's flags: file
+        to: "100%"
+      migrate:                      # after the last batch (and release); run again on resume
         playbook: backfill.yml      # relative to the spec
         on: local                   # the controller
         vars: {batch_rows: 1000}
@@ -26,6 +29,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rollout_py.spec_flags import percent
 
 _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOCAL = "local"
@@ -126,9 +131,36 @@ class ContractSpec(PhaseSpec):
         return v
 
 
+class ReleaseSpec(_Model):
+    """Turns the release's feature on after the last batch: a ramp of ``flag`` to ``to``
+    through the spec's ``flags.ramp`` steps, each judged by its ``analysis`` gates (the code
+    shipped dark, flag off; a failed gate puts the flag back)."""
+
+    flag: str = Field(min_length=1)
+    to: int = 100
+    variant: str | None = None  # "on" unless named (the same on every run and resume)
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, v: Any) -> int:
+        return percent(v, field="to")
+
+    @field_validator("variant", mode="before")
+    @classmethod
+    def _variant(cls, v: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads an unquoted on / off as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    def what(self) -> str:
+        """``flag ramp NAME to N%``, for plans and journals."""
+        variant = f" ({self.variant})" if self.variant else ""
+        return f"flag ramp {self.flag}{variant} to {self.to}%"
+
+
 class PhasesSpec(_Model):
-    """The three phases, each optional; ``contract`` runs only through ``rollout contract``."""
+    """The phases, each optional; ``contract`` runs only through ``rollout contract``."""
 
     expand: PhaseSpec | None = None
+    release: ReleaseSpec | None = None
     migrate: PhaseSpec | None = None
     contract: ContractSpec | None = None

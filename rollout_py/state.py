@@ -165,11 +165,8 @@ class StateDir:
         return DeployRecord(path)
 
     def deploys(self) -> list[DeployRecord]:
-        """Every deploy, oldest first (deploy ids start with their UTC start time)."""
-        if not self.deploys_dir.is_dir():
-            return []
-        return [DeployRecord(p) for p in sorted(self.deploys_dir.iterdir())
-                if (p / "meta.json").exists()]
+        """Every deploy, oldest first (see :func:`records_in_order`)."""
+        return [DeployRecord(p) for p in records_in_order(self.deploys_dir)]
 
     def get(self, deploy_id: str | None = None) -> DeployRecord:
         deploys = self.deploys()
@@ -184,3 +181,20 @@ class StateDir:
 
     def __iter__(self) -> Iterator[DeployRecord]:
         return iter(self.deploys())
+
+
+def records_in_order(root: Path) -> list[Path]:
+    """The records under ``root`` (directories with a ``meta.json``), oldest first: by the
+    ``created`` time in their meta, then by id. Ids start with their UTC second only, so two
+    records of one second (a refused contract, then a forced one) would sort at random."""
+    if not root.is_dir():
+        return []
+
+    def created(path: Path) -> float:
+        try:
+            return float(json.loads((path / "meta.json").read_text()).get("created", 0.0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0.0
+
+    return sorted((p for p in root.iterdir() if (p / "meta.json").exists()),
+                  key=lambda p: (created(p), p.name))

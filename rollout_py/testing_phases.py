@@ -1,6 +1,7 @@
-"""A test double for the phase seam (``rollout_py.phase_run.PhaseRunner``): records each run
-in a FakeFleet's log (``expand on db1 -> 2.0``), so tests see phases and LB/host side effects
-in one order, and fails the phases it is told to.
+"""Test doubles for the phase seams (``rollout_py.phase_run.PhaseRunner`` and
+``rollout_py.release_run.ReleaseRunner``): each records its runs in a FakeFleet's log
+(``expand on db1 -> 2.0``, ``release new-greeting to 100%``), so tests see phases and LB/host
+side effects in one order, and fails as told.
 
 Example:
     >>> from rollout_py.testing import FakeFleet
@@ -14,15 +15,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from rollout_py.events.phases import SchemaPhase
 from rollout_py.executor import Cancel
 from rollout_py.phase_run import PhaseOutcome
-from rollout_py.spec_phases import PhaseSpec
+from rollout_py.spec_phases import PhaseSpec, ReleaseSpec
 from rollout_py.testing import FakeFleet
 
-__all__ = ["FakePhaseRunner"]
+__all__ = ["FakePhaseRunner", "FakeRelease"]
 
 
 class FakePhaseRunner:
@@ -48,3 +49,23 @@ class FakePhaseRunner:
             self.fail[name] -= 1
             return PhaseOutcome(ok=False, rc=1, detail=f"ERROR: {name}: injected failure")
         return PhaseOutcome(ok=True, rc=0, detail=f"{name} done")
+
+
+class FakeRelease:
+    """Ramps nothing; ``outcomes`` are the flag change's exit codes of the next runs (0 ok,
+    1 reverted, 2 refused, 3 failed; then ok). A ``cancel`` seen true is a cancelled ramp
+    (exit 130, as the real one reverts at its next wait)."""
+
+    def __init__(self, fleet: FakeFleet, outcomes: Sequence[int] = ()) -> None:
+        self.fleet = fleet
+        self.outcomes = list(outcomes)
+        self.calls: list[str] = []  # deploy ids
+
+    def run(self, spec: ReleaseSpec, *, deploy_id: str,
+            cancel: Callable[[], bool]) -> PhaseOutcome:
+        self.fleet.record(f"release {spec.flag} to {spec.to}%")
+        self.calls.append(deploy_id)
+        if cancel():
+            return PhaseOutcome(ok=False, rc=130, detail="cancelled: reverted", cancelled=True)
+        rc = self.outcomes.pop(0) if self.outcomes else 0
+        return PhaseOutcome(ok=rc == 0, rc=rc, detail=f"flag change c-{len(self.calls)}: rc {rc}")

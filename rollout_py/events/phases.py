@@ -9,7 +9,8 @@ from typing import ClassVar, Literal
 from rollout_py.events.base import Event
 from rollout_py.events.base import frozen_event as _frozen
 
-SchemaPhase = Literal["expand", "migrate", "contract"]
+# release: the flag ramp between the last batch and migrate (phases.release)
+SchemaPhase = Literal["expand", "release", "migrate", "contract"]
 # done: the gate passed and the contract ran; forced: ran under --force past blocking hosts;
 # refused: the gate refused, nothing ran; failed: the command failed; cancelled: interrupted.
 ContractStatus = Literal["done", "forced", "refused", "failed", "cancelled"]
@@ -46,6 +47,8 @@ class ContractChecked(Event):
     hosts: dict[str, dict[str, str]]  # host -> version, source, lb, verdict (ok | why not)
     blocking: tuple[str, ...]
     forced: bool = False
+    # the deploy's phases that must be done first (release, migrate), each not done: why
+    unmet: tuple[str, ...] = ()
 
 
 @_frozen

@@ -65,7 +65,8 @@ def _print_summary(layout: Layout) -> None:
     if layout.db:
         click.echo(f"database:  {layout.db_url_public} (host {layout.db_host.name}; "
                    f"migrations in {layout.path / 'migrations'}; spec with phases "
-                   f"{layout.path / 'rollout-db.yml'})")
+                   f"{layout.path / 'rollout-db.yml'}; the release with the feature's flag "
+                   f"{layout.path / 'rollout-release.yml'})")
     click.echo(f"inventory: {info['inventory']}")
     click.echo(f"spec:      {info['spec']}")
     click.echo(f"canary:    {info['canary_spec']}")

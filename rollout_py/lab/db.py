@@ -35,6 +35,7 @@ HOST_SOCKET_DIR = "/run/postgresql"
 SERVICE = "rollout-lab"  # the libpq service name in DIR/migrations/pg_service.conf
 MIGRATIONS = "migrations"
 SPEC = "rollout-db.yml"  # beside rollout.yml
+RELEASE_SPEC = "rollout-release.yml"  # the canary spec with the phases and the flag's release
 SHIPPED = ("001_expand.sql", "003_contract.sql", "check.sql", "backfill.py")
 PHASE_COMMANDS = ("expand", "migrate", "contract", "check")
 
@@ -102,6 +103,7 @@ def start(layout: Layout, host_sshd: Proc) -> Proc:
         input=pgserver.password_sql(str(layout.db_password)))
     check(layout)  # the app's own way in: TCP from the lab's subnet, with the password
     (layout.path / SPEC).write_text(spec(layout))  # the LBs are planned by now
+    (layout.path / RELEASE_SPEC).write_text(release_spec(layout))
     return proc
 
 
@@ -219,12 +221,20 @@ esac
 """
 
 
-def phases(layout: Layout, requires: str = "2.0") -> dict[str, Any]:
+def phases(layout: Layout, requires: str = "2.0", *, batch_size: int | None = None,
+           sleep: float | None = None) -> dict[str, Any]:
     """The spec's ``phases:`` section for the lab: each phase runs ``run-phase`` on the
-    controller; contract only once every host runs ``requires`` (schema 2) or newer."""
+    controller; contract only once every host runs ``requires`` (schema 2) or newer.
+    ``batch_size`` and ``sleep`` (seconds between batches) throttle the backfill (migrate):
+    they become the phase's ``vars``, which its command gets as environment variables."""
     script = str(migrations_dir(layout) / "run-phase")
     section: dict[str, Any] = {name: {"command": f"{script} {name}", "on": "local"}
                                for name in ("expand", "migrate", "contract")}
+    throttle = {"batch_size": batch_size, "sleep": sleep}
+    for key, value in throttle.items():
+        if value is not None:
+            section["migrate"]["command"] += f' --{key.replace("_", "-")} "${key}"'
+            section["migrate"].setdefault("vars", {})[key] = value
     section["contract"]["requires"] = requires
     return section
 
@@ -239,8 +249,27 @@ def spec(layout: Layout) -> str:
     ) + yaml.safe_dump({"phases": phases(layout)}, sort_keys=False)
 
 
+def release_spec(layout: Layout) -> str:
+    """``rollout-release.yml``: the safest release of a feature that changes the schema, one
+    deploy: expand, the canary (the feature's flag off: the code ships dark), the rest of the
+    fleet, the flag ramped to 100 % with the analysis gates, migrate; then ``rollout
+    contract``."""
+    from rollout_py.lab import files, flagfiles
+
+    own = phases(layout)
+    section = {"expand": own["expand"], "release": {"flag": flagfiles.FLAG, "to": "100%"},
+               "migrate": own["migrate"], "contract": own["contract"]}
+    return files.canary_spec(layout).replace(
+        "# A canary rollout spec for this lab, written by `rollout lab up`.",
+        "# The lab's canary spec with a schema change and the feature's release, written by\n"
+        "# `lab up --db`: expand, the canary and the rest with the flag off, the flag ramped\n"
+        "# with the analysis gates, migrate; then `rollout contract -f rollout-release.yml`.", 1
+    ) + yaml.safe_dump({"phases": section}, sort_keys=False)
+
+
 def remove_files(lab_dir: Path) -> None:
     """``down``: the service file names a lab address and holds its password; the spec names
     the lab's hosts."""
     (lab_dir / MIGRATIONS / "pg_service.conf").unlink(missing_ok=True)
     (lab_dir / SPEC).unlink(missing_ok=True)
+    (lab_dir / RELEASE_SPEC).unlink(missing_ok=True)

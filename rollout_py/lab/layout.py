@@ -248,6 +248,7 @@ class Layout:
                 "service_file": str(self.path / "migrations" / "pg_service.conf"),
                 "migrations": str(self.path / "migrations"),
                 "spec": str(self.path / "rollout-db.yml"),
+                "release_spec": str(self.path / "rollout-release.yml"),
             },
             "ansible_vars": self.ansible_vars(),
         }

@@ -53,6 +53,16 @@ def versions(lab: Layout) -> dict[str, str | None]:
     return out
 
 
+def served_variants(lab: Layout, flag: str) -> dict[str, str | None]:
+    """Host -> the variant of ``flag`` its app serves on `/` now (its ``X-Flag-`` header)."""
+    out = {}
+    for h in lab.app_hosts:
+        with _OPENER.open(f"http://{h.address}:8080/", timeout=5) as resp:
+            resp.read()
+            out[h.name] = resp.headers.get(f"X-Flag-{flag}")
+    return out
+
+
 def lb_states(lab: Layout) -> dict[str, dict[str, tuple[str, str, int]]]:
     """LB name -> server -> (admin, op, weight), read through each LB's own socket URL."""
     out = {}

@@ -7,7 +7,6 @@ gate with no more failed requests than the printed bound."""
 from __future__ import annotations
 
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,15 @@ from rollout_py.flags.model import load_flags
 from rollout_py.lab import artifact
 from rollout_py.lab.layout import HOST_FLAGS_PATH, Layout
 from tests.integration.conftest import LabFactory
-from tests.integration.deploykit import json_result, load, rollout_cli, write_spec
+from tests.integration.deploykit import (
+    json_result,
+    load,
+    rollout_cli,
+    served_variants,
+    write_spec,
+)
 
 FLAG = "new-greeting"
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +112,6 @@ def test_files_on_the_hosts_malformed_set_kill_and_list(lab: Layout) -> None:
     assert summary.failed == 0
 
 
-def through_hosts(lab: Layout) -> dict[str, str | None]:
-    out = {}
-    for h in lab.app_hosts:
-        with _OPENER.open(f"http://{h.address}:8080/", timeout=5) as resp:
-            resp.read()
-            out[h.name] = resp.headers.get(f"X-Flag-{FLAG}")
-    return out
-
-
 def deploy(lab: Layout, version: str) -> None:
     proc = rollout_cli("deploy", "-f", str(lab.path / "rollout.yml"), "--version", version)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
@@ -136,7 +131,7 @@ def test_ramp_kill_and_a_failing_variant_with_a_flag_enabled_release(lab: Layout
     assert passed == [10, 50, 100]
     assert {e["verdict"] for e in events if e["event"] == "flag_window"} == {"pass"}
     assert summaries[0].failed == 0 and set(summaries[0].by_variant) == {"on", "off"}
-    assert set(through_hosts(lab).values()) == {"on"}
+    assert set(served_variants(lab, FLAG).values()) == {"on"}
 
     with load(lab, rps=100) as summaries:
         code, result, events, err = flag("kill", FLAG, spec=spec)
@@ -144,7 +139,7 @@ def test_ramp_kill_and_a_failing_variant_with_a_flag_enabled_release(lab: Layout
     effect = next(e for e in events if e["event"] == "flag_in_effect")
     assert effect["variant"] == "off" and None not in effect["hosts"].values()
     assert result["fleet_s"] == max(effect["hosts"].values())
-    assert set(through_hosts(lab).values()) == {"off"}
+    assert set(served_variants(lab, FLAG).values()) == {"off"}
     assert summaries[0].failed == 0
 
     deploy(lab, "3.0")  # variant `on` fails every request it serves
@@ -158,4 +153,4 @@ def test_ramp_kill_and_a_failing_variant_with_a_flag_enabled_release(lab: Layout
     (summary,) = summaries
     assert 0 < summary.failed <= bound["requests"], (summary.failed, bound)
     assert summary.failed_by_variant == {"on": summary.failed}
-    assert host_files(lab) == before and set(through_hosts(lab).values()) == {"off"}
+    assert host_files(lab) == before and set(served_variants(lab, FLAG).values()) == {"off"}

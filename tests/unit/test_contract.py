@@ -15,7 +15,12 @@ from rollout_py import events as ev
 from rollout_py.cli import cli
 from rollout_py.contract import ContractResult, contract, gate, judge
 from rollout_py.errors import InputError
-from rollout_py.phase_status import contract_records, journaled_versions, phase_summary
+from rollout_py.phase_status import (
+    contract_records,
+    create_contract_record,
+    journaled_versions,
+    phase_summary,
+)
 from rollout_py.report_phases import phase_status_lines
 from rollout_py.spec import Spec, load_spec
 from rollout_py.state import Journal, StateDir, read_journal
@@ -67,7 +72,8 @@ def run(spec: Spec, fleet: FakeFleet, reported: dict[str, str | None], **kw: Any
     return result, runner, events
 
 
-NEW = dict.fromkeys(HOSTS, "2.0")
+NEW: dict[str, str | None] = dict.fromkeys(HOSTS, "2.0")
+NEW_FROM: dict[str, str | None] = dict.fromkeys(HOSTS, "1.5")
 
 
 def test_all_hosts_new_runs_the_contract(spec: Spec) -> None:
@@ -223,3 +229,82 @@ def test_status_shows_each_phase_of_the_last_deploy_and_the_schema_holds(tmp_pat
     phases_schema = schema("status")["properties"]["phases"]
     jsonschema.validate(summary, phases_schema)
     assert phase_summary(state, None)["expand"] == "not run"
+
+
+def _with_migrate(spec: Spec) -> Spec:
+    data = json.loads(Path(spec.source).read_text())
+    data["phases"]["migrate"] = {"command": "backfill", "on": "db"}
+    Path(spec.source).write_text(json.dumps(data))
+    return load_spec(spec.source)
+
+
+def _journal_migrate(state: StateDir, deploy_id: str, ok: bool | None) -> None:
+    """Appends migrate's start (and end, unless ``ok`` is None) to a journaled deploy."""
+    record = next(r for r in state.deploys() if r.deploy_id == deploy_id)
+    journal = Journal(record.journal)
+    journal(ev.PhaseStarted(deploy_id=deploy_id, seq=10, phase="migrate", on="db1",
+                            what="command: backfill"))
+    if ok is not None:
+        journal(ev.PhaseFinished(deploy_id=deploy_id, seq=11, phase="migrate", ok=ok, rc=0,
+                                 detail="", duration=1.0))
+    journal.close()
+
+
+@pytest.mark.parametrize(("migrated", "unmet"), [
+    ("none", "migrate has not finished in a deploy of 2.0 or newer "
+             "(last: deploy d2 of 2.0: migrate not run)"),
+    ("older release", "migrate has not finished in a deploy of 2.0 or newer "
+                      "(last: deploy d2 of 2.0: migrate not run)"),
+    ("interrupted", "migrate has not finished in a deploy of 2.0 or newer "
+                    "(last: deploy d2 of 2.0: migrate running)"),
+    ("failed", "migrate has not finished in a deploy of 2.0 or newer "
+               "(last: deploy d2 of 2.0: migrate failed)"),
+    ("done", None),
+])
+def test_contract_waits_for_a_deploy_of_the_required_version_to_finish_migrate(
+        spec: Spec, migrated: str, unmet: str | None) -> None:
+    spec = _with_migrate(spec)
+    state = StateDir(spec.state_path())
+    old: dict[str, str | None] = dict.fromkeys(HOSTS, "1.0")
+    journal_deploy(state, "d1", "1.5", dict.fromkeys(HOSTS, "ok"), old)
+    if migrated == "older release":  # a backfill of an older release does not count
+        _journal_migrate(state, "d1", True)
+    journal_deploy(state, "d2", "2.0", dict.fromkeys(HOSTS, "ok"), {**old, **NEW_FROM})
+    if migrated in ("interrupted", "failed", "done"):
+        _journal_migrate(state, "d2", {"interrupted": None, "failed": False,
+                                       "done": True}[migrated])
+    fleet = FakeFleet(HOSTS)
+    result, runner, events = run(spec, fleet, NEW)
+    checked = events[0]
+    assert isinstance(checked, ev.ContractChecked)
+    if unmet is None:
+        assert result.status == "done" and runner.calls and checked.unmet == ()
+        return
+    assert result.status == "refused" and result.exit_code == 2 and runner.calls == []
+    assert result.unmet == (unmet,) and checked.unmet == (unmet,) and result.cause == unmet
+    forced, runner, _ = run(spec, fleet, NEW, force=True)
+    assert forced.status == "forced" and runner.calls and unmet in forced.cause
+
+
+def test_no_deploy_at_all_leaves_migrate_unmet(spec: Spec) -> None:
+    spec = _with_migrate(spec)
+    result, runner, _ = run(spec, FakeFleet(HOSTS), NEW)
+    assert result.unmet == ("migrate has not finished in a deploy of 2.0 or newer "
+                            "(none journaled)",) and runner.calls == []
+
+
+def test_two_contracts_of_one_second_are_read_in_the_order_they_ran(spec: Spec) -> None:
+    """Ids carry the UTC second and random hex: the later of two in one second may sort
+    first by id; `rollout status` must still show the later one."""
+    state = StateDir(spec.state_path())
+    first = create_contract_record(state, "20261203T050000Z-ffffff", {"requires": "2.0"})
+    second = create_contract_record(state, "20261203T050000Z-000000", {"requires": "2.0"})
+    statuses: tuple[tuple[Path, ev.ContractStatus], ...] = ((first, "refused"),
+                                                            (second, "forced"))
+    for path, status in statuses:
+        journal = Journal(path / "journal.jsonl")
+        journal(ev.ContractFinished(deploy_id=path.name, seq=1, status=status, exit_code=0,
+                                    cause=status))
+        journal.close()
+    assert contract_records(state) == [first, second]
+    assert phase_summary(state, None)["contract"]["status"] == "forced"

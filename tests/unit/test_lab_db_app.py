@@ -202,6 +202,9 @@ def test_migrations_dir_and_phases(tmp_path: Path) -> None:
         "expand": {"command": f"{here}/run-phase expand", "on": "local"},
         "migrate": {"command": f"{here}/run-phase migrate", "on": "local"},
         "contract": {"command": f"{here}/run-phase contract", "on": "local", "requires": "2.0"}}
+    assert db.phases(layout, batch_size=100, sleep=0.3)["migrate"] == {
+        "command": f'{here}/run-phase migrate --batch-size "$batch_size" --sleep "$sleep"',
+        "on": "local", "vars": {"batch_size": 100, "sleep": 0.3}}
     (tmp_path / "inventory.ini").write_text(files.inventory(layout))
     (tmp_path / db.SPEC).write_text(db.spec(layout))
     loaded = load_spec(tmp_path / db.SPEC)  # the engine's own reading of the section
@@ -209,9 +212,17 @@ def test_migrations_dir_and_phases(tmp_path: Path) -> None:
     assert loaded.phases.contract.requires == "2.0" and loaded.phases.migrate is not None
     assert loaded.phases.migrate.local and loaded.phases.migrate.command == \
         f"{here}/run-phase migrate"
+    (tmp_path / "flags.json").write_text("{}")
+    (tmp_path / db.RELEASE_SPEC).write_text(db.release_spec(layout))
+    release = load_spec(tmp_path / db.RELEASE_SPEC)
+    assert release.strategy == "canary" and release.analysis is not None
+    assert release.phases is not None and release.phases.release is not None
+    assert (release.phases.release.flag, release.phases.release.to) == ("new-greeting", 100)
+    assert list(release.phases.model_dump(exclude_none=True)) == [
+        "expand", "release", "migrate", "contract"]
     db.remove_files(tmp_path)
     assert not (here / "pg_service.conf").exists() and (here / "run-phase").exists()
-    assert not (tmp_path / db.SPEC).exists()
+    assert not (tmp_path / db.SPEC).exists() and not (tmp_path / db.RELEASE_SPEC).exists()
 
 
 def test_pg_hba_and_password_rules() -> None:

@@ -164,6 +164,19 @@ def test_kill_9_during_migrate_then_resume_runs_it_again() -> None:
     assert fleet.log.count(MIGRATE) == 2 and fleet.log.count(EXPAND) == 1
 
 
+def killed_at(cut: int) -> Callable[[ev.Event], None]:
+    """A critical sink (the journal's place) that stands for kill -9 at event number ``cut``."""
+    seen = {"n": 0}
+
+    def sink(e: ev.Event) -> None:
+        seen["n"] += 1
+        if seen["n"] == cut:
+            raise Killed
+
+    sink.critical = True  # type: ignore[attr-defined]
+    return sink
+
+
 def _full_journal(staged: bool) -> int:
     fleet = fleet_of(require_stage=staged)
     events: list[ev.Event] = []
@@ -181,16 +194,8 @@ def test_resume_after_a_cut_at_every_journal_event(staged: bool) -> None:
     for cut in range(1, total):  # the last event closes the journal: nothing to resume
         fleet = fleet_of(require_stage=staged)
         events: list[ev.Event] = []
-        seen = {"n": 0}
-
-        def sink(e: ev.Event, seen: dict[str, int] = seen, cut: int = cut) -> None:
-            seen["n"] += 1
-            if seen["n"] == cut:
-                raise Killed
-
-        sink.critical = True  # type: ignore[attr-defined]
         with pytest.raises(Killed):
-            engine(fleet, [events.append, sink], staged=staged).run()
+            engine(fleet, [events.append, killed_at(cut)], staged=staged).run()
         assert len(events) == cut
         first_run = len(fleet.log)
         again = runner(fleet)

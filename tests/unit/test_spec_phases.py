@@ -4,6 +4,7 @@ plan` and the local runner do with it."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,48 @@ def test_a_local_command_is_killed_on_timeout_and_on_cancel(tmp_path: Path) -> N
     assert cancelled.cancelled and not cancelled.ok
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a late reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_quiet_local_command_dies_with_its_killed_controller(tmp_path: Path) -> None:
+    """kill -9 of the controller ends the command itself (not only its /bin/sh), even one that
+    writes nothing (so no closed pipe would end it) and runs in a child of the shell."""
+    import signal
+    import subprocess
+    import sys
+
+    marker = tmp_path / "pid"
+    command = (f"{sys.executable} -c 'import os, time; open(\"{marker}\", \"w\")"
+               ".write(str(os.getpid())); time.sleep(120)'; echo after")
+    controller = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from rollout_py.phase_run import run_local; "
+         "run_local(sys.argv[1], env={}, cwd=Path('.'), timeout=300)", command],
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 30
+        while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pid = int(marker.read_text())
+        assert _alive(pid)
+        controller.send_signal(signal.SIGKILL)
+        controller.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the command outlived its controller"
+    finally:
+        controller.kill()
+        controller.wait()
+        if marker.exists() and marker.read_text() and _alive(int(marker.read_text())):
+            os.kill(int(marker.read_text()), signal.SIGKILL)  # ours, by PID: a failed run
+
+
 class _Recorder:
     """An executor that records what a phase on a host asks of Ansible."""
 
@@ -191,4 +234,35 @@ def test_deploy_refuses_a_phase_on_several_hosts_before_anything(tmp_path: Path)
     with pytest.raises(InputError, match="must match exactly one host"):
         deploy(spec, version="2.0", executor=fleet.executor(), balancer=fleet.balancer(),
                install_signal_handlers=False)
+    assert fleet.log == [] and not (tmp_path / ".rollout").exists()
+
+
+@pytest.mark.parametrize(("flags", "release", "words"), [
+    ('{"flags": {"other": {"state": "ENABLED", "variants": {"on": true, "off": false}, '
+     '"defaultVariant": "off"}}}', "{flag: new-greeting}", "no flag 'new-greeting'"),
+    ('{"flags": {"new-greeting": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, '
+     '"defaultVariant": "a"}}}', "{flag: new-greeting}",
+     "phases.release.variant (default on): flag new-greeting has no variant 'on'"),
+    ('{"flags": {"new-greeting": {"state": "ENABLED", "variants": {"on": true, "off": false}, '
+     '"defaultVariant": "off"}}}', "{flag: new-greeting, variant: maybe}",
+     "phases.release.variant: flag new-greeting has no variant 'maybe'"),
+    ('{"flags": {', "{flag: new-greeting}", "flags.json:1:"),
+])
+def test_deploy_refuses_a_release_its_flag_file_cannot_do_before_anything(
+        tmp_path: Path, flags: str, release: str, words: str) -> None:
+    from rollout_py.api import deploy
+    from rollout_py.errors import RolloutError
+    from rollout_py.testing import FakeFleet
+
+    (tmp_path / "flags.json").write_text(flags)
+    path = write(tmp_path, f"  release: {release}\n")
+    path.write_text(path.read_text() + "flags: {file: flags.json, path: /srv/flags.json}\n"
+                    "analysis: {interval: 1, min_requests: 10, "
+                    "gates: [{error_rate: {max: 1%}}]}\n")
+    spec = load_spec(path)
+    fleet = FakeFleet(["h1", "h2", "h3"])
+    with pytest.raises(RolloutError) as caught:
+        deploy(spec, version="2.0", executor=fleet.executor(), balancer=fleet.balancer(),
+               install_signal_handlers=False)
+    assert words in str(caught.value)
     assert fleet.log == [] and not (tmp_path / ".rollout").exists()
