@@ -14,6 +14,10 @@ Columns:
               soak: the work any tool must wait for; the rest is rollout_py's own overhead
   overhead    wall - floor (seconds)
   out mean/max seconds each server spent out of rotation (sampled on every LB at 10 Hz)
+
+After each rollout_py run it prints where that time went, per segment (rollout_py.timeline:
+drain, disable, Ansible's start, the first task, the other tasks, probes, enable), from the
+deploy's journal and ansible-runner's artifacts in the spec's state directory.
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rollout_py import load_spec
 from rollout_py.lab import artifact, lab
 from rollout_py.lab.watch import Watcher
 from rollout_py.resources import playbook
+from rollout_py.state import StateDir
+from rollout_py.timeline import record_timelines, render_table, summarize
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,6 +63,14 @@ def plain(layout: lab.Layout, version: str) -> dict[str, Any]:
     return {"wall": wall}
 
 
+def breakdown(spec_path: Path) -> tuple[str, dict[str, dict[str, float]]]:
+    """The last deploy's time out of rotation per segment: the table, and its numbers."""
+    summary = summarize(record_timelines(StateDir(load_spec(spec_path).state_path()).get()))
+    numbers = {s.segment: {"mean": s.mean, "max": s.max, "share": s.share}
+               for s in summary.segments}
+    return render_table(summary, tasks=5), numbers
+
+
 def engine(layout: lab.Layout, version: str, staged: bool) -> dict[str, Any]:
     args = [sys.executable, str(HERE / "deploy_once.py"), str(layout.path / "rollout.yml"),
             version] + ([] if staged else ["--no-stage"])
@@ -73,6 +88,9 @@ def engine(layout: lab.Layout, version: str, staged: bool) -> dict[str, Any]:
             drains += e["durations"].get("drain", 0.0)
             soak += e["durations"].get("soak", 0.0)
     data["floor"] = ansible + drains + soak
+    table, data["out_segments"] = breakdown(layout.path / "rollout.yml")
+    print(f"{len(layout.app_hosts)} hosts, rollout_py {'staged' if staged else 'no stage'}: "
+          f"time out of rotation per host (s)\n{table}\n", flush=True)
     return data
 
 

@@ -96,7 +96,8 @@ case "${1:-}" in
         echo "== unit tests"
         "$VENV/bin/python" -m pytest tests/unit -q
         echo "== lab tests (integration, faults, molecule)"
-        exec "$VENV/bin/python" -m pytest tests/integration tests/chaos
+        # the slowest tests printed: the suite has a 35-minute budget
+        exec "$VENV/bin/python" -m pytest tests/integration tests/chaos --durations=25
         ;;
     *)
         echo "usage: bash tools/dev.sh demo|test [args]" >&2

@@ -140,9 +140,14 @@ def test_case_2_kill_9_while_staging_then_resume(chaos_lab: LabMaker, tmp_path: 
     assert set(versions(lab).values()) == {"2.0"} and all_ready_and_up(lab)
 
 
+KILLS = 14  # the suite's 35-minute budget: ~21 s a trial
+
+
 def test_kill_9_at_random_moments_of_a_staged_deploy_then_resume(
         chaos_lab: LabMaker, tmp_path: Path) -> None:
-    # Two hosts keep each trial short (stage, two batches): 20 kills and resumes in ~7 min.
+    # Two hosts keep each trial short (stage, two batches): 14 kills and resumes in ~5 min
+    # (every single interruption point is covered by the unit tables of resume; these are
+    # the real processes' kills at moments no event separates).
     lab = chaos_lab(n_hosts=2, n_lbs=2)
     for version in ("3.0", "4.0"):
         artifact.build_artifact(lab.artifacts, version)
@@ -157,9 +162,9 @@ def test_kill_9_at_random_moments_of_a_staged_deploy_then_resume(
     rng = random.Random(seed)
     kills, trial, failed = 0, 0, 0
     moments: list[str] = []
-    while kills < 20:
+    while kills < KILLS:
         trial += 1
-        assert trial <= 26, f"seed {seed}: only {kills} kills in {trial - 1} trials"
+        assert trial <= KILLS + 6, f"seed {seed}: only {kills} kills in {trial - 1} trials"
         version = "4.0" if trial % 2 else "3.0"
         at = rng.randint(1, n_events - 2)
         run: Run = deploy_under_fault(lab, spec, version, hooks={"*": _killer(rng, at)})
