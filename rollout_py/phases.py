@@ -66,13 +66,17 @@ class PhaseSteps(SagaBase):
     def _flush_interrupts(self) -> None:
         raise NotImplementedError
 
+    def _attempt(self, name: SchemaPhase) -> int:
+        """1 for a phase's first run, 2 and more for runs again (by resumes)."""
+        return 1 + sum(1 for e in self._events
+                       if isinstance(e, ev.PhaseStarted) and e.phase == name)
+
     def _run_phase(self, name: SchemaPhase, phase: PhaseSpec) -> PhaseOutcome:
         """Journals the start, runs the phase (cancelled by a second interrupt), journals
         the end. A controller error is an outcome too (``rc`` None)."""
         assert self.phases is not None
         runner = self.phases.runner
-        attempt = 1 + sum(1 for e in self._events
-                          if isinstance(e, ev.PhaseStarted) and e.phase == name)
+        attempt = self._attempt(name)
         self.emit(ev.PhaseStarted, phase=name, on=runner.host(name), what=phase.what(),
                   attempt=attempt)
         t = time.monotonic()
@@ -121,8 +125,7 @@ class PhaseSteps(SagaBase):
             self._completed = False
             return
         self._end_watch()  # every host runs the release: the ramp judges the fleet itself
-        attempt = 1 + sum(1 for e in self._events
-                          if isinstance(e, ev.PhaseStarted) and e.phase == "release")
+        attempt = self._attempt("release")
         self.emit(ev.PhaseStarted, phase="release", on="fleet", what=release.what(),
                   attempt=attempt)
         t = time.monotonic()

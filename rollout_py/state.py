@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import getpass
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -184,17 +185,22 @@ class StateDir:
 
 
 def records_in_order(root: Path) -> list[Path]:
-    """The records under ``root`` (directories with a ``meta.json``), oldest first: by the
-    ``created`` time in their meta, then by id. Ids start with their UTC second only, so two
-    records of one second (a refused contract, then a forced one) would sort at random."""
+    """The records under ``root`` (directories with a ``meta.json``), oldest first: by id,
+    which starts with the record's UTC second; records of one same second (a refused
+    contract, then a forced one), whose random suffixes would order them at random, by the
+    ``created`` time in their meta (read for those only)."""
     if not root.is_dir():
         return []
+    found = sorted(p for p in root.iterdir() if (p / "meta.json").exists())
+    out: list[Path] = []
+    for _second, group in itertools.groupby(found, key=lambda p: p.name.split("-", 1)[0]):
+        same = list(group)
+        out += sorted(same, key=lambda p: (_created(p), p.name)) if len(same) > 1 else same
+    return out
 
-    def created(path: Path) -> float:
-        try:
-            return float(json.loads((path / "meta.json").read_text()).get("created", 0.0))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return 0.0
 
-    return sorted((p for p in root.iterdir() if (p / "meta.json").exists()),
-                  key=lambda p: (created(p), p.name))
+def _created(path: Path) -> float:
+    try:
+        return float(json.loads((path / "meta.json").read_text()).get("created", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0

@@ -6,6 +6,7 @@ ramp left first, and does nothing when the flag is at its target already."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,13 @@ __all__ = ["spec"]  # the fixture
 
 
 def ramp(spec: Spec, fleet: FakeFleet, hosts: FakeFlagExecutor, events: list[ev.Event], *,
-         to: int = 100, cancel: bool = False) -> FlagResult | None:
+         to: int = 100, cancel: bool = False,
+         sink: Callable[[ev.Event], None] | None = None) -> FlagResult | None:
     return release_ramp(spec, Context.resolve(spec), StateDir(spec.state_path()), name=FLAG,
                         to=to, variant=None, deploy_id="d-7", executor=hosts,
                         balancer=fleet.balancer(), cancel=lambda: cancel,
-                        sinks=[events.append], fetch=hosts.effect, sleep=lambda s: None)
+                        sinks=[sink or events.append], fetch=hosts.effect,
+                        sleep=lambda s: None)
 
 
 def held(spec: Spec) -> None:
@@ -87,10 +90,7 @@ def test_a_ramp_left_by_a_killed_deploy_is_reverted_before_the_next_one_starts(
             raise Killed
 
     with pytest.raises(Killed):
-        release_ramp(spec, Context.resolve(spec), StateDir(spec.state_path()), name=FLAG,
-                     to=100, variant=None, deploy_id="d-7", executor=hosts,
-                     balancer=fleet.balancer(), cancel=lambda: False, sinks=[die],
-                     fetch=hosts.effect, sleep=lambda s: None)
+        ramp(spec, fleet, hosts, [], sink=die)
     assert hosts.files["h1"] != before  # the 10 % split is out
     (dead,) = (spec.state_path() / "flags").iterdir()
     result = ramp(spec, fleet, hosts, [])  # the resumed deploy's attempt 2
