@@ -24,8 +24,9 @@ from rollout_py.balancer.runtime import validate_name
 from rollout_py.engine import Engine, new_deploy_id
 from rollout_py.engine_build import build_engine
 from rollout_py.errors import BalancerError, InputError
-from rollout_py.executor import Executor, previous_versions_from_artifacts
+from rollout_py.executor import Executor
 from rollout_py.inventory import Inventory, InventoryHost
+from rollout_py.job_events import previous_versions_from_artifacts
 from rollout_py.phase_run import phase_hosts
 from rollout_py.planner import Plan, make_plan
 from rollout_py.preflight import preflight, read_versions

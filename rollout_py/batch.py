@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from rollout_py import events as ev
 from rollout_py.balancer.fleet import out_of_rotation, wait_until
 from rollout_py.errors import BalancerError, BalancerUnreachable, ControllerError, JournalError
+from rollout_py.executor import PreparesBatches
 from rollout_py.planner import PlannedBatch
 from rollout_py.probes import Check, soak, wait_healthy
 from rollout_py.reconcile import RETRYABLE
@@ -153,6 +154,20 @@ class BatchSteps(WarmupSteps):
             durations["soak"] = time.monotonic() - t
         durations["total"] = time.monotonic() - t0
         return durations
+
+    def _prepare_batches(self, start: int) -> None:
+        """Tells the executor which batch runs come (from ``start``, 0-based), so it can get
+        their Ansible ready while the stage runs (rollout_py.playbook_session)."""
+        if isinstance(self.executor, PreparesBatches):
+            extravars = self._extravars(self.plan.version, 0)
+            del extravars["rollout_batch"]
+            self.executor.prepare_batches(
+                self.plan.playbook, [(b.index, b.hosts) for b in self.plan.batches[start:]],
+                extravars, tags=self.settings.switch_tags)
+
+    def _end_batches(self) -> None:
+        if isinstance(self.executor, PreparesBatches):
+            self.executor.end_batches()
 
     def _stage(self, state: RunState) -> None:
         """Copies the release to every host of the plan while they still serve: the part of

@@ -13,9 +13,7 @@ running step and rolls the batch back at once. A rollback itself is never cancel
 
 from __future__ import annotations
 
-import secrets
 import threading
-import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +39,7 @@ from rollout_py.saga import (
     Settings,
     Sink,
     Stopped,
+    new_deploy_id,
 )
 from rollout_py.shaping import Shaping  # shaping: map entries held while it runs
 from rollout_py.steps import TrafficStep
@@ -50,10 +49,6 @@ from rollout_py.traffic import TrafficSteps
 from rollout_py.undo import UndoSteps
 
 __all__ = ["BatchFailure", "Engine", "Settings", "new_deploy_id"]
-
-
-def new_deploy_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, PhaseSteps, ResumeSteps):
@@ -196,6 +191,7 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, PhaseSteps, Resum
                     self._traffic_from = 0
             else:
                 start = self._resume(list(resume), done, state)
+            self._prepare_batches(start)  # their Ansible starts while the stage runs
             if self.shaping is not None and (resume is not None or not state.failed):  # shaping
                 self.shaping.start(self.emit, self.events)
             if not state.failed and resume is None and self.settings.stage_tags:
@@ -216,6 +212,7 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, PhaseSteps, Resum
                 state.stranded += list(self._current.batch.hosts)
         finally:
             self._end_watch()
+            self._end_batches()
         return self._finish(done, state)
 
     def _new_watch(self) -> HealthWatch | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -18,14 +17,25 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rollout_py._gate import PLUGIN_DIR as GATE_DIR
 from rollout_py._lifeline import lifeline_env
 from rollout_py.errors import ControllerError
 from rollout_py.events import Failure
+from rollout_py.job_events import (
+    STATS_KEYS,
+    failure_message,
+    keep_event,
+    merge_stats,
+    one_line,
+)
 from rollout_py.procs import close_control_dir
 from rollout_py.redact import Redactor
 from rollout_py.resources import roles_path
+
+if TYPE_CHECKING:
+    from rollout_py.playbook_session import PlaybookSession
 
 Cancel = Callable[[], bool]
 
@@ -69,6 +79,20 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class PreparesBatches(Protocol):
+    """An executor that gets a deploy's batch runs ready ahead (the engine tells it when it
+    is one); each batch still comes as a ``run_playbook`` call."""
+
+    def prepare_batches(self, playbook: str, batches: Sequence[tuple[int, Sequence[str]]],
+                        extravars: Mapping[str, Any], *, tags: str | None) -> None:
+        """The batch runs that come next (``extravars`` as the calls pass them, without
+        ``rollout_batch``)."""
+
+    def end_batches(self) -> None:
+        """No more of the prepared batch runs will be asked for."""
+
+
 @contextlib.contextmanager
 def _secrets_file(secret_vars: Mapping[str, Any]) -> Iterator[str | None]:
     """Secret variables reach Ansible as ``-e @file`` from a private temporary file, so they
@@ -87,49 +111,15 @@ def _secrets_file(secret_vars: Mapping[str, Any]) -> Iterator[str | None]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def previous_versions_from_artifacts(runs: Path) -> dict[str, str | None]:
-    """``rollout_previous_version`` values reported by set_stats in earlier runs' artifacts
-    (used by resume when the controller died before it could record them)."""
-    found: dict[str, str | None] = {}
-    for event_file in sorted(runs.glob("*-upgrade/artifacts/*/job_events/*.json")):
-        try:
-            data = json.loads(event_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if data.get("event") != "runner_on_ok":
-            continue
-        stats = ((data.get("event_data") or {}).get("res") or {}).get("ansible_stats") or {}
-        value = (stats.get("data") or {}).get("rollout_previous_version")
-        if isinstance(value, dict):
-            for host, version in value.items():  # the first report: before this deploy
-                found.setdefault(str(host), None if version is None else str(version))
-    return found
-
-
-# What a line that says what went wrong looks like (ssh's "Host key verification failed.",
-# "Permission denied (publickey).", "Connection refused", ...).
-_VERDICT = re.compile(r"failed|denied|refused|timed out|unreachable|no route|not known|"
-                      r"could not|cannot|error", re.IGNORECASE)
-
-
-def _short(msg: Any, limit: int = 300) -> str:
-    """The message on one line, cut to about ``limit`` characters. ssh prints what failed last,
-    after banners (a changed host key's warning alone is longer than 300 characters), so a cut
-    message keeps its last line naming a failure (or its last line) at the end."""
-    raw = str(msg)
-    text = " ".join(raw.split())
-    if len(text) <= limit:
-        return text
-    lines = [" ".join(line.split()) for line in raw.splitlines()]
-    lines = [line for line in lines if line.strip("@ ")]  # not blank, not a banner of @
-    if len(lines) < 2:
-        return text[:limit] + "..."
-    verdict = next((line for line in reversed(lines) if _VERDICT.search(line)), lines[-1])
-    verdict = verdict[:limit // 2]
-    head = text[:max(0, limit - len(verdict))]
-    if verdict in head:
-        return head + "..."
-    return f"{head} ... {verdict}"
+def _runner_settings(private: Path) -> dict[str, Any]:
+    """ansible-runner's settings for a run, also written to ``env/settings``: ansible-runner
+    2.4 drops the ``settings`` argument when that file is missing (RunnerConfig.prepare_env),
+    which left ``pexpect_timeout`` at its default 5 s (a cancel seen up to 5 s late)."""
+    settings: dict[str, Any] = {"pexpect_timeout": 0.2, "suppress_ansible_output": True}
+    env = private / "env"
+    env.mkdir(mode=0o700, exist_ok=True)
+    (env / "settings").write_text(json.dumps(settings))
+    return settings
 
 
 class AnsibleExecutor:
@@ -159,6 +149,8 @@ class AnsibleExecutor:
             self.control_dir = tempfile.mkdtemp(prefix="rollout-cp-", dir="/tmp")
         self._runs = 0
         self._lock = threading.Lock()
+        self._session: PlaybookSession | None = None
+        self._ended: list[PlaybookSession] = []
 
     def _envvars(self) -> dict[str, str]:
         user_roles = os.environ.get("ANSIBLE_ROLES_PATH")
@@ -166,6 +158,9 @@ class AnsibleExecutor:
         bindir = os.path.dirname(sys.executable)
         return {
             "ANSIBLE_ROLES_PATH": roles,
+            # The playbook session's gate (rollout_py._gate) comes after the user's plugins.
+            "ANSIBLE_ACTION_PLUGINS": os.pathsep.join(
+                p for p in (os.environ.get("ANSIBLE_ACTION_PLUGINS"), GATE_DIR) if p),
             "ANSIBLE_PIPELINING": "True",
             # ansible-runner turns host-key checking off unless told otherwise; we keep
             # Ansible's own default (on) unless the user's environment says differently.
@@ -190,35 +185,28 @@ class AnsibleExecutor:
 
     def _run(self, label: str, hosts: Sequence[str], cancel: Cancel | None,
              **kwargs: Any) -> tuple[Any, dict[str, str], dict[str, Any]]:
-        import ansible_runner
-
         messages: dict[str, str] = {}
         stats_data: dict[str, Any] = {}
+        # The playbook_on_stats event's counts, kept here: ``runner.stats`` would read every
+        # job event file of the run back from disk to find it.
+        final: dict[str, Any] = {}
+        keep_results = label.endswith("-upgrade")  # the runs timeline/resume read back
 
         def on_event(event: dict[str, Any]) -> bool:
+            """Collects what the run's outcome needs; returns whether ansible-runner writes the
+            event to ``job_events`` (see :func:`keep_event`)."""
             kind = event.get("event", "")
-            data = event.get("event_data", {})
-            host = data.get("host")
-            if kind in ("runner_on_failed", "runner_on_unreachable") and host:
-                res = data.get("res", {})
-                if kind == "runner_on_failed" and data.get("ignore_errors"):
-                    return True
-                prefix = "unreachable" if kind == "runner_on_unreachable" else "failed"
-                msg = res.get("msg") or res.get("stderr") or res.get("reason") or "no message"
-                if msg == "non-zero return code":  # command/shell: say what the command said
-                    msg = f"rc {res.get('rc')}: {res.get('stderr') or res.get('stdout') or msg}"
-                messages.setdefault(host, f"{prefix}: {data.get('task', '')}: {_short(msg)}")
-            elif kind == "runner_on_ok" and host:
+            data = event.get("event_data") or {}
+            message = failure_message(kind, data)
+            if message is not None:
+                messages.setdefault(str(data["host"]), message)
+            elif kind == "runner_on_ok" and data.get("host"):
                 # set_stats results stream per host, so they survive a cancelled run.
-                stats = (data.get("res") or {}).get("ansible_stats") or {}
-                for key, value in (stats.get("data") or {}).items():
-                    if isinstance(value, dict):
-                        stats_data.setdefault(key, {}).update(value)
+                merge_stats(stats_data, (data.get("res") or {}).get("ansible_stats"))
             elif kind == "playbook_on_stats":
-                for key, value in (data.get("artifact_data") or {}).items():
-                    if isinstance(value, dict):
-                        stats_data.setdefault(key, {}).update(value)
-            return True  # keep every event (dropping them would also drop the stats)
+                merge_stats(stats_data, {"data": data.get("artifact_data")})
+                final.update({k: data.get(k) or {} for k in STATS_KEYS})
+            return keep_event(kind, data, keep_results)
 
         extravars = {**self.extravars, **kwargs.pop("extravars", {}),
                      "ansible_control_path_dir": self.control_dir}
@@ -229,15 +217,10 @@ class AnsibleExecutor:
                                   f"{exc.strerror or exc}") from exc
         with _secrets_file(self.secret_vars) as cmdline:
             try:
-                runner = ansible_runner.run(
-                    private_data_dir=str(private), inventory=self.inventory,
-                    limit=",".join(hosts), extravars=extravars, envvars=self._envvars(),
-                    quiet=True, suppress_env_files=True,
-                    forks=min(self.forks, max(1, len(hosts))),
-                    event_handler=on_event, cancel_callback=cancel or (lambda: False),
-                    settings={"pexpect_timeout": 0.2, "suppress_ansible_output": True},
-                    verbosity=self.verbosity or None, cmdline=cmdline, **kwargs,
-                )
+                runner = self._start(private, on_event, cancel or (lambda: False), {
+                    "limit": ",".join(hosts), "extravars": extravars,
+                    "forks": min(self.forks, max(1, len(hosts))), "cmdline": cmdline,
+                    **kwargs})
             except OSError as exc:  # e.g. the state directory is full
                 raise ControllerError(f"ansible-runner failed on the controller: "
                                       f"{exc.strerror or exc}") from exc
@@ -247,7 +230,9 @@ class AnsibleExecutor:
                     self.redactor.scrub_tree(private)
         messages = {h: self.redactor.text(m) for h, m in messages.items()}
         outcomes: dict[str, str] = {}
-        stats = runner.stats or {}
+        # runner.stats (which reads all job events back) only if the handler saw no stats:
+        # a cancelled run, or an ansible-runner that did not call it.
+        stats = final or runner.stats or {}
         processed = set(stats.get("processed", {}))
         failed = set(stats.get("failures", {}))
         dark = set(stats.get("dark", {}))
@@ -265,6 +250,12 @@ class AnsibleExecutor:
     def run_playbook(self, playbook: str, hosts: Sequence[str], extravars: Mapping[str, Any],
                      *, label: str, tags: str | None = None,
                      cancel: Cancel | None = None) -> RunResult:
+        session = self._session
+        index = session.serves(playbook, hosts, extravars, tags) if session else None
+        if session is not None and index is not None:
+            served = session.run_batch(index, cancel)
+            if served is not None:
+                return served
         extra: dict[str, Any] = {"extravars": dict(extravars)}
         if tags:
             extra["tags"] = tags
@@ -281,10 +272,25 @@ class AnsibleExecutor:
         return outcomes.get(host) == "ok", outcomes.get(host, "")
 
     def reachable(self, hosts: Sequence[str]) -> dict[str, str | None]:
-        """SSH login to every host (raw module: no Python needed); None means reachable."""
-        _, outcomes, _ = self._run("preflight-ssh", hosts, None, module="ansible.builtin.raw",
-                                   module_args="true", host_pattern="all")
-        return {h: None if o == "ok" else o for h, o in outcomes.items()}
+        """SSH login to every host; None means reachable.
+
+        ``ssh host true`` per host with the settings Ansible would use (rollout_py.reach: one
+        ansible-inventory run for all hosts, then a few ms of CPU per host); hosts it cannot
+        represent (another connection, a password, a template) get the Ansible raw round.
+        """
+        from rollout_py import reach  # reach imports this module
+
+        def ansible_round(subset: Sequence[str]) -> dict[str, str | None]:
+            _, outcomes, _ = self._run("preflight-ssh", subset, None,
+                                       module="ansible.builtin.raw", module_args="true",
+                                       host_pattern="all")
+            return {h: None if o == "ok" else o for h, o in outcomes.items()}
+
+        found = reach.reachable(hosts, inventory=self.inventory,
+                                env={**os.environ, **self._envvars()},
+                                overrides={**self.extravars, **self.secret_vars},
+                                fallback=ansible_round, workers=self.forks)
+        return {h: None if m is None else self.redactor.text(m) for h, m in found.items()}
 
     def syntax_check(self, playbook: str) -> str | None:
         """None if the playbook passes ``ansible-playbook --syntax-check``, else the error."""
@@ -295,8 +301,62 @@ class AnsibleExecutor:
             capture_output=True, text=True, env=env, timeout=120, check=False)
         if proc.returncode == 0:
             return None
-        return _short(proc.stderr or proc.stdout, 1000)
+        return one_line(proc.stderr or proc.stdout, 1000)
+
+    def prepare_batches(self, playbook: str, batches: Sequence[tuple[int, Sequence[str]]],
+                        extravars: Mapping[str, Any], *, tags: str | None) -> None:
+        """Starts one ansible-playbook for all these batches (rollout_py.playbook_session),
+        which waits before each batch until its ``run_playbook`` call comes."""
+        from rollout_py.playbook_session import PlaybookSession  # it imports this module
+
+        self.end_batches()
+        if not batches:
+            return
+        try:
+            private = self._private_dir("batches-upgrade")
+        except (OSError, ControllerError):
+            return  # each batch then is a run of its own (and meets the problem there)
+        session = PlaybookSession(
+            playbook=playbook, batches=batches,
+            extravars=extravars,
+            base_vars={**self.extravars, "ansible_control_path_dir": self.control_dir},
+            tags=tags, private=private,
+            inventory=self.inventory, env={**os.environ, **self._envvars()},
+            secrets=lambda: _secrets_file(self.secret_vars), runner=self._start,
+            redact=self.redactor.text, forks=self.forks)
+        try:
+            session.start()
+        except OSError:
+            session.close()
+            return
+        self._session = session
+
+    def end_batches(self) -> None:
+        """Stops the session at its next gate; :meth:`close` waits for its end."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.stop()
+            self._ended.append(session)
+
+    def _start(self, private: Path, handler: Callable[[dict[str, Any]], bool], cancel: Cancel,
+               kwargs: dict[str, Any]) -> Any:
+        """ansible-runner as every run of this executor calls it (``kwargs`` on top)."""
+        import ansible_runner
+
+        return ansible_runner.run(**{
+            "private_data_dir": str(private), "inventory": self.inventory,
+            "envvars": self._envvars(), "quiet": True, "suppress_env_files": True,
+            "event_handler": handler, "cancel_callback": cancel,
+            "settings": _runner_settings(private), "verbosity": self.verbosity or None,
+            **kwargs})
 
     def close(self) -> None:
-        """Asks every SSH master this executor's runs opened to exit, then removes their dir."""
+        """Ends a playbook session, asks every SSH master this executor's runs opened to exit,
+        then removes their dir."""
+        self.end_batches()
+        for session in self._ended:
+            session.close()
+            with contextlib.suppress(OSError):
+                self.redactor.scrub_tree(session.private)
+        self._ended.clear()
         close_control_dir(self.control_dir)

@@ -5,7 +5,9 @@ declared once for the engine and its step mixins (``rollout_py.batch``, ``rollou
 
 from __future__ import annotations
 
+import secrets
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,10 @@ Sink = Callable[[ev.Event], None]
 PromQuery = Callable[[str, str, float], "float | str"]
 # host, version -> (checks before enable, checks after enable)
 ChecksFor = Callable[[str, str], tuple[list[Check], list[Check]]]
+
+
+def new_deploy_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 class LBLost(Exception):

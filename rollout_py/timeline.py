@@ -54,16 +54,14 @@ Example:
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 from rollout_py import events as ev
 from rollout_py.state import DeployRecord
+from rollout_py.timeline_runs import load_runs
 
 Segment = Literal["drain", "disable", "ansible_start", "connect", "tasks", "ansible_end",
                   "upgrade", "probes", "enable", "rollback", "total"]
@@ -84,7 +82,6 @@ _MARKS: dict[type[ev.Event], str] = {
     ev.ServersDrained: "drained", ev.ServersDisabled: "disabled", ev.ServersEnabled: "enabled",
     ev.BatchFailed: "failed", ev.RollbackStarted: "rollback_started",
     ev.RollbackFinished: "rollback_finished"}
-_UPGRADE_RUN = re.compile(r"^\d+-batch(\d+)-upgrade$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,32 +309,6 @@ def host_timelines(events: Sequence[ev.Event],
         batch_hosts = hosts.get(attempt.batch, ())
         out += [_host_timeline(host, batch_hosts, attempt, run) for host in batch_hosts]
     return out
-
-
-def load_runs(runs_dir: Path) -> dict[int, list[list[dict[str, Any]]]]:
-    """The job events of every batch's upgrade run under a deploy record's ``runs/``
-    (``NNN-batchN-upgrade/artifacts/<ident>/job_events/*.json``), each run in counter order.
-    Unreadable event files are skipped."""
-    found: dict[int, list[list[dict[str, Any]]]] = {}
-    if not runs_dir.is_dir():
-        return found
-    for run_dir in sorted(runs_dir.iterdir()):
-        match = _UPGRADE_RUN.match(run_dir.name)
-        if match is None:
-            continue
-        for events_dir in sorted(run_dir.glob("artifacts/*/job_events")):
-            run: list[dict[str, Any]] = []
-            for path in events_dir.glob("*.json"):
-                try:
-                    data = json.loads(path.read_text())
-                except (OSError, ValueError):
-                    continue
-                if isinstance(data, dict):
-                    run.append(data)
-            run.sort(key=lambda j: int(j.get("counter") or 0))
-            if run:
-                found.setdefault(int(match.group(1)), []).append(run)
-    return found
 
 
 def record_timelines(record: DeployRecord) -> list[HostTimeline]:

@@ -57,12 +57,15 @@ def test_case_1_resume_after_a_controller_error_drains_before_acting(
     blocker: list[Path] = []
 
     def block_batch_2(event: dict[str, Any]) -> None:
-        # Runs are numbered: 001 preflight, 002 batch 1's upgrade, 003 batch 2's upgrade.
+        # Runs are numbered in the order they start (preflight, the playbook session for every
+        # batch, each batch's own run): none of them can run batch 2.
         runs = spec.parent / ".rollout" / "deploys" / event["deploy_id"] / "runs"
         runs.mkdir(parents=True, exist_ok=True)
-        path = runs / "003-batch2-upgrade"
-        path.write_text("not a directory: the controller cannot run here\n")
-        blocker.append(path)
+        for n in range(1, 6):
+            for name in (f"{n:03d}-batches-upgrade", f"{n:03d}-batch2-upgrade"):
+                path = runs / name
+                path.write_text("not a directory: the controller cannot run here\n")
+                blocker.append(path)
 
     run = deploy_under_fault(lab, spec, "2.0", hooks={"deploy_started": block_batch_2},
                              max_unavailable=2)
@@ -74,7 +77,8 @@ def test_case_1_resume_after_a_controller_error_drains_before_acting(
     assert versions(lab) == {"app01": "2.0", "app02": "1.0", "app03": "1.0"}
     assert all_ready_and_up(lab)  # app02 is back in rotation, serving
 
-    blocker[0].unlink()  # the controller's problem is fixed
+    for path in blocker:  # the controller's problem is fixed
+        path.unlink()
     resumed = deploy_under_fault(lab, spec, "", command="resume", max_unavailable=2)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert drains_before_host_actions(resumed.events) == []

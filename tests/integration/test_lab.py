@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ansible_runner
 import pytest
 
+from rollout_py.executor import AnsibleExecutor, Cancel
 from rollout_py.lab import artifact
 from rollout_py.lab import lab as lab_mod
 from rollout_py.lab.layout import Layout
@@ -174,3 +178,42 @@ def test_the_lab_inventory_reaches_every_host(lab: Layout) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for host in lab.all_hosts:
         assert f"{host.name} | CHANGED | rc=0 | (stdout) {host.name}" in proc.stdout, proc.stdout
+
+
+def test_preflight_ssh_check_logs_in_as_ansible_would(lab: Layout, tmp_path: Path) -> None:
+    """AnsibleExecutor.reachable: ssh directly with the inventory's settings for ssh hosts,
+    Ansible's raw round only for a host ssh cannot stand for; failures say what ssh said."""
+    key = tmp_path / "other_key"  # a key the hosts do not accept
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "ssh_config").write_text(
+        re.sub(r"IdentityFile .*", f"IdentityFile {key}", lab.ssh_config.read_text()))
+    app01, app02 = lab.app_hosts[:2]
+    inventory = lab.inventory.read_text()
+    at = inventory.index("[all:vars]")
+    odd = "\n".join([
+        "[odd]", f"badport ansible_host={app01.address} ansible_port=2222",
+        f"badkey ansible_host={app02.address} ansible_ssh_private_key_file={key} "
+        f'ansible_ssh_common_args="-F {tmp_path / "ssh_config"}"',
+        f"here ansible_connection=local ansible_python_interpreter={sys.executable}", "", ""])
+    (tmp_path / "inventory.ini").write_text(inventory[:at] + odd + inventory[at:])
+    names = [h.name for h in lab.app_hosts]
+    ran: list[list[str]] = []
+
+    class Recording(AnsibleExecutor):
+        def _run(self, label: str, hosts: Sequence[str], cancel: Cancel | None,
+                 **kwargs: Any) -> tuple[Any, dict[str, str], dict[str, Any]]:
+            ran.append(list(hosts))
+            return super()._run(label, hosts, cancel, **kwargs)
+
+    executor = Recording(str(tmp_path / "inventory.ini"), work_dir=tmp_path / "runs")
+    try:
+        found = executor.reachable([*names, "badport", "badkey", "here"])
+    finally:
+        executor.close()
+    assert {h: found[h] for h in [*names, "here"]} == dict.fromkeys([*names, "here"]), found
+    assert found["badport"] == (f"unreachable: ssh: connect to host {app01.address} "
+                                "port 2222: Connection refused")
+    assert "Permission denied (publickey)" in str(found["badkey"]), found
+    # One Ansible run, for the local host only.
+    assert ran == [["here"]]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["001-preflight-ssh"]

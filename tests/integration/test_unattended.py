@@ -123,7 +123,7 @@ def test_two_copies_of_the_spec_at_once_exactly_one_deploys(lab: Layout, tmp_pat
                         playbook=str(REPO / "tests/integration/playbooks/noop.yml"),
                         health={"probes": [{"http": "http://{{ ansible_host }}:8080/health"}]})
              for checkout in checkouts]
-    for round_ in range(20):
+    for round_ in range(10):
         go = tmp_path / f"go-{round_}"
         children = [subprocess.Popen(
             ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.005; done; exec {sys.executable} "

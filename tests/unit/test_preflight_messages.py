@@ -29,7 +29,8 @@ from rollout_py.balancer.runtime import AdminState
 from rollout_py.cli_output import run_with_outputs
 from rollout_py.engine import Engine, Settings
 from rollout_py.errors import BalancerUnreachable, PreflightError
-from rollout_py.executor import Cancel, RunResult, _short
+from rollout_py.executor import Cancel, RunResult
+from rollout_py.job_events import one_line
 from rollout_py.planner import make_plan
 from rollout_py.preflight import preflight
 from rollout_py.report import found_out, result_lines
@@ -270,12 +271,12 @@ _HOST_KEY_CHANGED = (
 
 
 def test_a_cut_ssh_message_keeps_the_line_that_says_what_failed() -> None:
-    short = _short(_HOST_KEY_CHANGED)
+    short = one_line(_HOST_KEY_CHANGED)
     assert short.endswith("... Host key verification failed."), short
     assert short.startswith("Failed to connect to the host via ssh: @@@")
     assert len(short) <= 305
-    assert _short("Permission denied (publickey).") == "Permission denied (publickey)."
-    assert _short("x" * 400) == "x" * 300 + "..."  # one line: cut as before
+    assert one_line("Permission denied (publickey).") == "Permission denied (publickey)."
+    assert one_line("x" * 400) == "x" * 300 + "..."  # one line: cut as before
 
 
 @pytest.fixture

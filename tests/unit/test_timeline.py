@@ -17,11 +17,11 @@ from rollout_py.state import Journal, StateDir
 from rollout_py.timeline import (
     HostTimeline,
     host_timelines,
-    load_runs,
     record_timelines,
     render_table,
     summarize,
 )
+from rollout_py.timeline_runs import load_runs
 
 T0 = 1_780_000_000.0  # every time below is T0 + seconds
 E = TypeVar("E", bound=ev.Event)

@@ -1,0 +1,272 @@
+"""One ansible-playbook for every batch (rollout_py.playbook_session), through the executor, with
+real ansible-playbook runs on hosts of a local connection (no network, no lab)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rollout_py.executor import AnsibleExecutor
+from rollout_py.playbook_session import check_hosts
+from rollout_py.timeline_runs import load_runs
+
+HOSTS = ["h1", "h2", "h3", "h4"]
+BATCHES: list[tuple[int, list[str]]] = [(1, ["h1"]), (2, ["h2", "h3"]), (3, ["h4"])]
+VARS = {"rollout_version": "2.0", "rollout_deploy_id": "d1"}
+
+# h2 fails (its first failure is the cause), h3 fails inside a block and is rescued, a task
+# told to ignore its error never counts; every host reports its previous version.
+PLAYBOOK = """\
+- name: Upgrade
+  hosts: "{{ rollout_hosts | default('app') }}"
+  gather_facts: false
+  tasks:
+    - name: Say that the playbook ran on this host
+      ansible.builtin.shell: "echo {{ rollout_batch }} >> {{ ran_dir }}/{{ inventory_hostname }}"
+      changed_when: false
+    - name: Report the previous release
+      ansible.builtin.set_stats:
+        data: {rollout_previous_version: "{{ {inventory_hostname: 'v-' ~ inventory_hostname} }}"}
+        per_host: false
+        aggregate: true
+    - name: Ignored
+      ansible.builtin.fail: {msg: ignored}
+      ignore_errors: true
+    - name: Fail on the hosts told to
+      ansible.builtin.fail: {msg: "boom on {{ inventory_hostname }}"}
+      when: inventory_hostname in (fail_hosts | default([]))
+    - name: A block
+      block:
+        - name: Fail to be rescued
+          ansible.builtin.fail: {msg: rescued}
+          when: inventory_hostname in (rescue_hosts | default([]))
+      rescue:
+        - name: Rescue
+          ansible.builtin.debug: {msg: rescued}
+    - name: Hold on the hosts told to
+      ansible.builtin.shell: "touch {{ hold_marker }} && sleep 30"
+      changed_when: false
+      when: inventory_hostname in (hold_hosts | default([]))
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> tuple[Path, Path]:
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("[app]\n" + "\n".join(HOSTS) + "\n\n[app:vars]\n"
+                         f"ansible_connection=local\nansible_python_interpreter={sys.executable}\n"
+                         "\n[lbs]\nlb1 ansible_connection=local\n")
+    playbook = tmp_path / "upgrade.yml"
+    playbook.write_text(PLAYBOOK)
+    return inventory, playbook
+
+
+def executor(tmp_path: Path, inventory: Path, **extra: Any) -> AnsibleExecutor:
+    (tmp_path / "ran").mkdir(exist_ok=True)
+    return AnsibleExecutor(str(inventory), work_dir=tmp_path / "runs",
+                           extravars={"rollout_hosts": "app", "ran_dir": str(tmp_path / "ran"),
+                                      **extra},
+                           control_dir=str(tmp_path / "cp"))
+
+
+def ran(tmp_path: Path) -> dict[str, list[str]]:
+    """Per host, the batches the playbook ran for on it (in order)."""
+    return {p.name: p.read_text().split() for p in sorted((tmp_path / "ran").iterdir())}
+
+
+def run(ex: AnsibleExecutor, playbook: Path, index: int, **kw: Any) -> Any:
+    hosts = dict(BATCHES)[index]
+    return ex.run_playbook(str(playbook), hosts, {**VARS, "rollout_batch": index},
+                           label=f"batch{index}-upgrade", **kw)
+
+
+def run_dirs(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "runs").iterdir())
+
+
+def test_every_batch_runs_in_one_playbook_with_per_host_outcomes(
+        fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    inventory, playbook = fleet
+    ex = executor(tmp_path, inventory, fail_hosts=["h2"], rescue_hosts=["h3"])
+    try:
+        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+        first = run(ex, playbook, 1)
+        second = run(ex, playbook, 2)
+        third = run(ex, playbook, 3)
+    finally:
+        ex.close()
+    assert (first.ok, first.hosts) == (True, {"h1": "ok"})
+    assert first.previous_versions == {"h1": "v-h1"}
+    assert not second.ok and second.status == "failed"
+    assert second.hosts["h2"] == "failed: Fail on the hosts told to: boom on h2"
+    assert second.hosts["h3"] == "ok"  # rescued
+    assert (third.ok, third.hosts) == (True, {"h4": "ok"})
+    # One ansible-playbook did it all: no batch had a run of its own, no host ran twice.
+    assert run_dirs(tmp_path) == ["001-batches-upgrade"]
+    assert ran(tmp_path) == {"h1": ["1"], "h2": ["2"], "h3": ["2"], "h4": ["3"]}
+    # Its job events, cut per batch, hold the user's tasks of that batch's hosts only.
+    runs = load_runs(tmp_path / "runs")
+    assert sorted(runs) == [1, 2, 3]
+    hosts = {n: {(e.get("event_data") or {}).get("host") for e in runs[n][0]} - {None}
+             for n in runs}
+    assert hosts == {1: {"h1"}, 2: {"h2", "h3"}, 3: {"h4"}}
+    assert not any(str((e.get("event_data") or {}).get("task", "")).startswith("rollout:")
+                   for n in runs for e in runs[n][0])
+
+
+def test_a_batch_whose_hosts_all_fail_ends_the_session_and_the_next_runs_on_its_own(
+        fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    inventory, playbook = fleet
+    ex = executor(tmp_path, inventory, fail_hosts=["h1"])
+    try:
+        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+        first = run(ex, playbook, 1)
+        second = run(ex, playbook, 2)
+    finally:
+        ex.close()
+    assert first.hosts == {"h1": "failed: Fail on the hosts told to: boom on h1"}
+    assert second.ok and second.hosts == {"h2": "ok", "h3": "ok"}
+    assert run_dirs(tmp_path) == ["001-batches-upgrade", "002-batch2-upgrade"]
+    # The session never ran batch 2 on its own: its own run did, once.
+    assert ran(tmp_path) == {"h1": ["1"], "h2": ["2"], "h3": ["2"]}
+
+
+def test_a_playbook_that_ignores_rollout_hosts_is_never_run_as_a_session(
+        fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    """Its first batch would have upgraded the whole fleet: each batch runs on its own."""
+    inventory, _ = fleet
+    playbook = tmp_path / "all.yml"
+    playbook.write_text(PLAYBOOK.replace("{{ rollout_hosts | default('app') }}", "app"))
+    ex = executor(tmp_path, inventory)
+    try:
+        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+        first = run(ex, playbook, 1)
+        session = ex._session
+        assert session is not None and session.refused is not None
+        assert "batch 1 targets hosts outside the batch: h2, h3, h4" in session.refused
+    finally:
+        ex.close()
+    assert first.ok and first.hosts == {"h1": "ok"}
+    assert run_dirs(tmp_path) == ["001-batches-upgrade", "002-batch1-upgrade"]
+    assert ran(tmp_path) == {"h1": ["1"]}
+    assert not (tmp_path / "runs" / "001-batches-upgrade" / "artifacts").exists()
+
+
+def test_a_call_that_is_not_the_prepared_batch_runs_on_its_own(
+        fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    """A rollback (other variables) or other hosts never go through the session."""
+    inventory, playbook = fleet
+    ex = executor(tmp_path, inventory)
+    try:
+        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+        rollback = ex.run_playbook(str(playbook), ["h1"], {**VARS, "rollout_batch": 1,
+                                                          "rollout_rollback": True},
+                                   label="batch1-rollback")
+        other = ex.run_playbook(str(playbook), ["h1", "h2"], {**VARS, "rollout_batch": 1},
+                                label="batch1-upgrade")
+        first = run(ex, playbook, 1)
+    finally:
+        ex.close()
+    assert rollback.ok and other.ok and first.ok
+    assert run_dirs(tmp_path) == ["001-batches-upgrade", "002-batch1-rollback",
+                                  "003-batch1-upgrade"]
+    assert ran(tmp_path) == {"h1": ["1", "1", "1"], "h2": ["1"]}
+
+
+def test_a_cancelled_batch_says_so_and_later_batches_run_on_their_own(
+        fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    inventory, playbook = fleet
+    marker = tmp_path / "holding"
+    ex = executor(tmp_path, inventory, hold_hosts=["h2"], hold_marker=str(marker))
+
+    def cancel() -> bool:  # once h2's 30 s task runs
+        return marker.exists()
+
+    try:
+        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+        assert run(ex, playbook, 1).ok
+        second = run(ex, playbook, 2, cancel=cancel)
+        third = run(ex, playbook, 3)
+    finally:
+        ex.close()
+    assert second.status == "canceled" and not second.ok
+    assert second.hosts["h2"] == "not run: cancelled"
+    assert second.failure_kind() == "cancelled"
+    assert third.ok
+    assert run_dirs(tmp_path) == ["001-batches-upgrade", "002-batch3-upgrade"]
+    assert ran(tmp_path) == {"h1": ["1"], "h2": ["2"], "h3": ["2"], "h4": ["3"]}
+
+
+def test_a_closed_session_ends_at_its_gate_and_leaves_no_process(
+        fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    inventory, playbook = fleet
+    ex = executor(tmp_path, inventory)
+    ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+    assert run(ex, playbook, 1).ok
+    session = ex._session
+    assert session is not None
+    ex.close()
+    assert session.ended and not session._thread.is_alive()
+    events = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob(
+        "001-batches-upgrade/artifacts/*/job_events/*.json")]
+    said = {e["event_data"]["task"]: e["event_data"]["res"]["msg"] for e in events
+            if e["event"] == "runner_on_ok"
+            and e["event_data"]["task"].startswith("rollout: gate")}
+    assert said == {"rollout: gate of batch 1": "batch 1: go",
+                    "rollout: gate of batch 2": "batch 2: stopped (stop)"}
+    # Nothing after the gate ran: batches 2 and 3 never reached a host.
+    assert ran(tmp_path) == {"h1": ["1"]}
+
+
+LISTING = textwrap.dedent("""\
+    playbook: session.yml
+
+      play #1 (localhost): rollout: before batch 1\tTAGS: []
+        pattern: ['localhost']
+        hosts (1):
+          localhost
+
+      play #2 (app:&rollout_batch_1): Upgrade\tTAGS: []
+        pattern: ['app:&rollout_batch_1']
+        hosts (1):
+          h1
+
+      play #3 (lbs): Tell the LBs\tTAGS: []
+        pattern: ['lbs']
+        hosts (0):
+
+      play #4 (rollout_batch_1): rollout: after batch 1\tTAGS: []
+        pattern: ['rollout_batch_1']
+        hosts (1):
+          h1
+
+      play #5 (app:&rollout_batch_2): Upgrade\tTAGS: []
+        pattern: ['app:&rollout_batch_2']
+        hosts (2):
+          h2
+          {extra}
+      play #6 (rollout_batch_2): rollout: after batch 2\tTAGS: []
+        pattern: ['rollout_batch_2']
+        hosts (2):
+          h2
+          h3
+    """)
+
+
+@pytest.mark.parametrize(("extra", "verdict"), [
+    ("h3", None),
+    ("h4", "play 'Upgrade' of batch 2 targets hosts outside the batch: h4 (its hosts pattern "
+           "does not use rollout_hosts)"),
+])
+def test_check_hosts_reads_list_hosts(extra: str, verdict: str | None) -> None:
+    assert check_hosts(LISTING.replace("{extra}", extra),
+                       [(1, ["h1"]), (2, ["h2", "h3"])]) == verdict
+
+
+def test_check_hosts_refuses_what_it_cannot_read() -> None:
+    assert check_hosts("nothing", [(1, ["h1"])]) == "unexpected --list-hosts output (0 plays)"
