@@ -2,7 +2,7 @@
 rolling update, on the same lab and role, measured side by side in one run.
 
 Run as root:  .venv/bin/python benchmarks/scale.py [--sizes 8,20,100] [--rounds 3]
-                  [--configs plain,nostage,staged] [--json out.json]
+                  [--configs plain,nostage,staged] [--load RPS] [--json out.json]
 
 Per size, a fresh lab (2 LBs); each rollout deploys a new version with batches [1, 50%, 100%].
 This machine is noisy, so every configuration runs ``--rounds`` times (default 3) on that lab,
@@ -19,6 +19,8 @@ Columns:
   ansible cpu CPU seconds of the ansible processes it started
   ctl rss     peak RSS of the controller process (MiB)
   out mean/max seconds each server spent out of rotation (sampled on every LB at 10 Hz)
+  sent/failed with --load RPS: requests sent through the first LB during the rollout, and how
+              many failed (e.g. 200 hosts under load: --sizes 200 --configs staged --load 100)
 
 Per size, for the median-wall round of each rollout_py configuration (the lower median for an
 even number of rounds), it prints where the time out of rotation went, per segment
@@ -46,6 +48,7 @@ from typing import Any
 from rollout_py import load_spec
 from rollout_py.lab import artifact, lab
 from rollout_py.lab.layout import Layout
+from rollout_py.lab.load import LoadGenerator
 from rollout_py.lab.watch import Watcher
 from rollout_py.lab.watch_summary import WatchSummary
 from rollout_py.resources import playbook
@@ -125,11 +128,21 @@ CONFIGS = (
 )
 
 
-def one_round(layout: Layout, config: Config, rnd: int) -> Row:
-    """One rollout of ``config`` (version prefix + round), watched on every LB."""
+def one_round(layout: Layout, config: Config, rnd: int, rps: float = 0.0) -> Row:
+    """One rollout of ``config`` (version prefix + round), watched on every LB; with ``rps``,
+    under that open-loop load through the first LB (requests sent and failed are counted)."""
     servers = [h.name for h in layout.app_hosts]
+    gen = (LoadGenerator(f"http://127.0.0.1:{layout.lbs[0].port}/", rps=rps, duration=86400)
+           if rps > 0 else None)
     with Watcher.for_lab(layout) as watcher:
-        data = config.run(layout, f"{config.prefix}{rnd}")
+        if gen is not None:
+            gen.start()
+        try:
+            data = config.run(layout, f"{config.prefix}{rnd}")
+        finally:
+            load = gen.stop() if gen is not None else None
+    if load is not None:
+        data["load_sent"], data["load_failed"] = load.sent, load.failed
     data["out_mean"], data["out_max"] = out_of_rotation(watcher.stop(), servers)
     data.update(name=config.name, config=config.key, size=len(servers), round=rnd)
     print(f"{len(servers)} hosts, round {rnd}, {config.name}: wall {data['wall']:.1f} s",
@@ -144,7 +157,7 @@ def add_ratios(rows: list[Row]) -> None:
         r["ratio"] = r["wall"] / plain_wall[r["round"]] if r["round"] in plain_wall else None
 
 
-def measure(size: int, configs: Sequence[Config], rounds: int) -> list[Row]:
+def measure(size: int, configs: Sequence[Config], rounds: int, rps: float = 0.0) -> list[Row]:
     """Every round of every configuration on one fresh lab, alternating configurations."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="rollout-scale-") as tmp:
@@ -154,7 +167,7 @@ def measure(size: int, configs: Sequence[Config], rounds: int) -> list[Row]:
                 for rnd in range(1, rounds + 1):
                     artifact.build_artifact(layout.artifacts, f"{config.prefix}{rnd}")
             for rnd in range(1, rounds + 1):
-                rows.extend(one_round(layout, config, rnd) for config in configs)
+                rows.extend(one_round(layout, config, rnd, rps) for config in configs)
         finally:
             lab.down(layout.path)
     add_ratios(rows)
@@ -193,6 +206,8 @@ COLUMNS = (
     Column("self_maxrss_mb", "ctl rss", ".0f"),
     Column("out_mean", "out mean", ".1f", spread=True),
     Column("out_max", "out max", ".1f"),
+    Column("load_sent", "sent", ".0f"),
+    Column("load_failed", "failed", ".0f"),
 )
 
 
@@ -253,6 +268,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="Rounds per configuration.")
     parser.add_argument("--configs", type=parse_configs, default=list(CONFIGS),
                         help="Comma list among plain,nostage,staged (default: all).")
+    parser.add_argument("--load", type=float, default=0.0, metavar="RPS",
+                        help="Requests per second through the first LB during every rollout "
+                             "(sent and failed are counted; default: none).")
     parser.add_argument("--json", type=Path, default=None,
                         help="Also write every round's row and the summary here.")
     args = parser.parse_args()
@@ -260,7 +278,7 @@ def main() -> None:
         parser.error("--rounds must be at least 1")
     rows: list[Row] = []
     for size in args.sizes.split(","):
-        measured = measure(int(size), args.configs, args.rounds)
+        measured = measure(int(size), args.configs, args.rounds, args.load)
         print_breakdowns(measured, args.configs)
         rows.extend(measured)
     summary = summarize_rounds(rows, args.configs)
