@@ -65,6 +65,9 @@ class BatchSteps(WarmupSteps):
     def _forward(self, applied: Applied) -> dict[str, float]:
         batch, plan, s = applied.batch, self.plan, self.settings
         servers = batch.servers
+        if isinstance(self.executor, PreparesBatches):  # its Ansible ready before the drain
+            ready = self.executor.wait_batches
+            wait_until(lambda: ready(0.05), 30.0, 0.0, stop=self._aborted)
         t0 = time.monotonic()
         durations: dict[str, float] = {}
 

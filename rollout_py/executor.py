@@ -89,6 +89,10 @@ class PreparesBatches(Protocol):
         """The batch runs that come next (``extravars`` as the calls pass them, without
         ``rollout_batch``)."""
 
+    def wait_batches(self, timeout: float) -> bool:
+        """Waits (at most ``timeout`` s) until a prepared batch run would start at once (called
+        before a batch is drained, so the wait is not spent out of rotation); True if so."""
+
     def end_batches(self) -> None:
         """No more of the prepared batch runs will be asked for."""
 
@@ -330,6 +334,9 @@ class AnsibleExecutor:
             session.close()
             return
         self._session = session
+
+    def wait_batches(self, timeout: float) -> bool:
+        return self._session is None or self._session.wait_ready(timeout)
 
     def end_batches(self) -> None:
         """Stops the session at its next gate; :meth:`close` waits for its end."""

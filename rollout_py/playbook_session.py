@@ -180,6 +180,7 @@ class PlaybookSession:
         self.refused: str | None = None  # why the session did not start
         self.crashed: str | None = None  # the controller's side of the session failed
         self.ended = False
+        self._ready = threading.Event()  # at the first gate (or ended): a batch starts at once
         self.status = ""
         self.artifact_dir = ""
         self._fds: dict[int, int] = {}
@@ -238,6 +239,11 @@ class PlaybookSession:
                 raise ControllerError(f"the playbook session failed on the controller during "
                                       f"batch {index}: {self.crashed}")
             return self._result(segment)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Waits (at most ``timeout`` s) until the session waits at its first gate, or ended:
+        then a batch let through starts at once. True if so."""
+        return self._ready.wait(timeout)
 
     def stop(self) -> None:
         """Stops the session at its next gate (it ends on its own, see :meth:`close`)."""
@@ -301,6 +307,7 @@ class PlaybookSession:
             with self._cond:
                 self.ended = True
                 self._cond.notify_all()
+            self._ready.set()
 
     def _argv_tail(self) -> list[str]:
         hosts = sorted({h for _, hs in self.batches for h in hs})
@@ -343,6 +350,8 @@ class PlaybookSession:
         data = event.get("event_data") or {}
         kind = str(event.get("event", ""))
         task = str(data.get("task") or "")
+        if kind == "runner_on_start" and task == GATE_TASK.format(self.batches[0][0]):
+            self._ready.set()
         with self._cond:
             index = self._current
             segment = self._segments.get(index) if index is not None else None

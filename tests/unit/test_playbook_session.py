@@ -270,3 +270,25 @@ def test_check_hosts_reads_list_hosts(extra: str, verdict: str | None) -> None:
 
 def test_check_hosts_refuses_what_it_cannot_read() -> None:
     assert check_hosts("nothing", [(1, ["h1"])]) == "unexpected --list-hosts output (0 plays)"
+
+
+def test_the_session_is_ready_at_its_first_gate_before_any_batch_is_let_through(
+        fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    """The engine waits for this before draining batch 1: the wait is spent in rotation."""
+    inventory, playbook = fleet
+    ex = executor(tmp_path, inventory)
+    try:
+        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+        assert ex.wait_batches(60)
+        session = ex._session
+        assert session is not None and not session.ended and session.refused is None
+        assert ran(tmp_path) == {}  # waiting at the gate: nothing ran on a host
+        stdout = next((tmp_path / "runs" / "001-batches-upgrade").glob("artifacts/*/stdout"))
+        assert "TASK [rollout: gate of batch 1]" in stdout.read_text()
+        assert run(ex, playbook, 1).ok
+    finally:
+        ex.close()
+    plain = AnsibleExecutor(str(inventory), work_dir=tmp_path / "other",
+                            control_dir=str(tmp_path / "cp2"))
+    assert plain.wait_batches(0)  # no session: nothing to wait for
+    plain.close()
