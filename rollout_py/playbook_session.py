@@ -171,6 +171,8 @@ class PlaybookSession:
         self._inventory, self._env, self._secrets = inventory, dict(env), secrets
         self._runner, self._redact = runner, redact
         self._forks = max(1, min(forks, max(len(h) for _, h in self.batches)))
+        # Every host of the plan, and the controller for the gates (implicit localhost).
+        self._limit = ",".join([*sorted({h for _, hs in self.batches for h in hs}), "localhost"])
         self._segments = {n: _Segment(h) for n, h in self.batches}
         self._cond = threading.Condition()
         self._current: int | None = None
@@ -215,10 +217,10 @@ class PlaybookSession:
         vars_ = dict(extravars)
         index = vars_.pop("rollout_batch", None)
         vars_.pop("rollout_hosts", None)
-        segment = self._segments.get(index) if isinstance(index, int) else None
-        if segment is None or segment.hosts != tuple(hosts) or vars_ != self.call_vars:
+        if not isinstance(index, int) or vars_ != self.call_vars:
             return None
-        return index if isinstance(index, int) else None
+        segment = self._segments.get(index)
+        return index if segment is not None and segment.hosts == tuple(hosts) else None
 
     def run_batch(self, index: int, cancel: Cancel | None) -> RunResult | None:
         """Lets batch ``index`` through and waits for its result; None when the session cannot
@@ -310,9 +312,8 @@ class PlaybookSession:
             self._ready.set()
 
     def _argv_tail(self) -> list[str]:
-        hosts = sorted({h for _, hs in self.batches for h in hs})
         return ["-i", self._inventory, "-i", str(self.private / "batches.yml"),
-                "--limit", ",".join([*hosts, "localhost"])]
+                "--limit", self._limit]
 
     def _check(self, cmdline: str) -> str | None:
         extra = self.private / "check-vars.json"
@@ -327,10 +328,9 @@ class PlaybookSession:
         return check_hosts(proc.stdout, self.batches)
 
     def _run(self, cmdline: str) -> None:
-        hosts = sorted({h for _, hs in self.batches for h in hs})
         kwargs: dict[str, Any] = {
             "playbook": str(self.private / "session.yml"), "inventory": self._inventory,
-            "limit": ",".join([*hosts, "localhost"]), "extravars": self.extravars,
+            "limit": self._limit, "extravars": self.extravars,
             "forks": self._forks,
             "cmdline": " ".join([f"-i {shlex.quote(str(self.private / 'batches.yml'))}",
                                  cmdline]).strip()}

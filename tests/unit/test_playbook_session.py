@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,18 @@ def executor(tmp_path: Path, inventory: Path, **extra: Any) -> AnsibleExecutor:
                            control_dir=str(tmp_path / "cp"))
 
 
+@contextmanager
+def prepared(playbook: Path, tmp_path: Path, inventory: Path,
+             **extra: Any) -> Iterator[AnsibleExecutor]:
+    """An executor whose session for BATCHES is started; closed on the way out."""
+    ex = executor(tmp_path, inventory, **extra)
+    try:
+        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+        yield ex
+    finally:
+        ex.close()
+
+
 def ran(tmp_path: Path) -> dict[str, list[str]]:
     """Per host, the batches the playbook ran for on it (in order)."""
     return {p.name: p.read_text().split() for p in sorted((tmp_path / "ran").iterdir())}
@@ -92,14 +106,10 @@ def run_dirs(tmp_path: Path) -> list[str]:
 def test_every_batch_runs_in_one_playbook_with_per_host_outcomes(
         fleet: tuple[Path, Path], tmp_path: Path) -> None:
     inventory, playbook = fleet
-    ex = executor(tmp_path, inventory, fail_hosts=["h2"], rescue_hosts=["h3"])
-    try:
-        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+    with prepared(playbook, tmp_path, inventory, fail_hosts=["h2"], rescue_hosts=["h3"]) as ex:
         first = run(ex, playbook, 1)
         second = run(ex, playbook, 2)
         third = run(ex, playbook, 3)
-    finally:
-        ex.close()
     assert (first.ok, first.hosts) == (True, {"h1": "ok"})
     assert first.previous_versions == {"h1": "v-h1"}
     assert not second.ok and second.status == "failed"
@@ -122,13 +132,9 @@ def test_every_batch_runs_in_one_playbook_with_per_host_outcomes(
 def test_a_batch_whose_hosts_all_fail_ends_the_session_and_the_next_runs_on_its_own(
         fleet: tuple[Path, Path], tmp_path: Path) -> None:
     inventory, playbook = fleet
-    ex = executor(tmp_path, inventory, fail_hosts=["h1"])
-    try:
-        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+    with prepared(playbook, tmp_path, inventory, fail_hosts=["h1"]) as ex:
         first = run(ex, playbook, 1)
         second = run(ex, playbook, 2)
-    finally:
-        ex.close()
     assert first.hosts == {"h1": "failed: Fail on the hosts told to: boom on h1"}
     assert second.ok and second.hosts == {"h2": "ok", "h3": "ok"}
     assert run_dirs(tmp_path) == ["001-batches-upgrade", "002-batch2-upgrade"]
@@ -142,15 +148,11 @@ def test_a_playbook_that_ignores_rollout_hosts_is_never_run_as_a_session(
     inventory, _ = fleet
     playbook = tmp_path / "all.yml"
     playbook.write_text(PLAYBOOK.replace("{{ rollout_hosts | default('app') }}", "app"))
-    ex = executor(tmp_path, inventory)
-    try:
-        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+    with prepared(playbook, tmp_path, inventory) as ex:
         first = run(ex, playbook, 1)
         session = ex._session
         assert session is not None and session.refused is not None
         assert "batch 1 targets hosts outside the batch: h2, h3, h4" in session.refused
-    finally:
-        ex.close()
     assert first.ok and first.hosts == {"h1": "ok"}
     assert run_dirs(tmp_path) == ["001-batches-upgrade", "002-batch1-upgrade"]
     assert ran(tmp_path) == {"h1": ["1"]}
@@ -161,17 +163,13 @@ def test_a_call_that_is_not_the_prepared_batch_runs_on_its_own(
         fleet: tuple[Path, Path], tmp_path: Path) -> None:
     """A rollback (other variables) or other hosts never go through the session."""
     inventory, playbook = fleet
-    ex = executor(tmp_path, inventory)
-    try:
-        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+    with prepared(playbook, tmp_path, inventory) as ex:
         rollback = ex.run_playbook(str(playbook), ["h1"], {**VARS, "rollout_batch": 1,
                                                           "rollout_rollback": True},
                                    label="batch1-rollback")
         other = ex.run_playbook(str(playbook), ["h1", "h2"], {**VARS, "rollout_batch": 1},
                                 label="batch1-upgrade")
         first = run(ex, playbook, 1)
-    finally:
-        ex.close()
     assert rollback.ok and other.ok and first.ok
     assert run_dirs(tmp_path) == ["001-batches-upgrade", "002-batch1-rollback",
                                   "003-batch1-upgrade"]
@@ -182,18 +180,14 @@ def test_a_cancelled_batch_says_so_and_later_batches_run_on_their_own(
         fleet: tuple[Path, Path], tmp_path: Path) -> None:
     inventory, playbook = fleet
     marker = tmp_path / "holding"
-    ex = executor(tmp_path, inventory, hold_hosts=["h2"], hold_marker=str(marker))
 
     def cancel() -> bool:  # once h2's 30 s task runs
         return marker.exists()
 
-    try:
-        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+    with prepared(playbook, tmp_path, inventory, hold_hosts=["h2"], hold_marker=str(marker)) as ex:
         assert run(ex, playbook, 1).ok
         second = run(ex, playbook, 2, cancel=cancel)
         third = run(ex, playbook, 3)
-    finally:
-        ex.close()
     assert second.status == "canceled" and not second.ok
     assert second.hosts["h2"] == "not run: cancelled"
     assert second.failure_kind() == "cancelled"
@@ -276,9 +270,7 @@ def test_the_session_is_ready_at_its_first_gate_before_any_batch_is_let_through(
         fleet: tuple[Path, Path], tmp_path: Path) -> None:
     """The engine waits for this before draining batch 1: the wait is spent in rotation."""
     inventory, playbook = fleet
-    ex = executor(tmp_path, inventory)
-    try:
-        ex.prepare_batches(str(playbook), BATCHES, VARS, tags=None)
+    with prepared(playbook, tmp_path, inventory) as ex:
         assert ex.wait_batches(60)
         session = ex._session
         assert session is not None and not session.ended and session.refused is None
@@ -286,8 +278,6 @@ def test_the_session_is_ready_at_its_first_gate_before_any_batch_is_let_through(
         stdout = next((tmp_path / "runs" / "001-batches-upgrade").glob("artifacts/*/stdout"))
         assert "TASK [rollout: gate of batch 1]" in stdout.read_text()
         assert run(ex, playbook, 1).ok
-    finally:
-        ex.close()
     plain = AnsibleExecutor(str(inventory), work_dir=tmp_path / "other",
                             control_dir=str(tmp_path / "cp2"))
     assert plain.wait_batches(0)  # no session: nothing to wait for
