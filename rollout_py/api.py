@@ -74,7 +74,14 @@ class Context:
         dupes = {s for s in servers.values() if list(servers.values()).count(s) > 1}
         if dupes:
             raise InputError(f"haproxy.server maps several hosts to {', '.join(sorted(dupes))}")
-        return cls(spec, inv, source, fleet, targets, servers)
+        ctx = cls(spec, inv, source, fleet, targets, servers)
+        if spec.executors is not None:  # assign: group leaves no host without a node
+            from rollout_py.session import node_pool
+
+            pool = node_pool(ctx)
+            assert pool is not None
+            pool.check([h.name for h in fleet])
+        return ctx
 
     def host(self, name: str) -> InventoryHost:
         return next(h for h in self.fleet if h.name == name)

@@ -7,18 +7,18 @@ it and it is neither failed nor unreachable; ``rc == 0`` alone is never trusted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rollout_py import executor_remote
 from rollout_py._gate import PLUGIN_DIR as GATE_DIR
 from rollout_py._lifeline import lifeline_env
 from rollout_py.errors import ControllerError
@@ -33,9 +33,13 @@ from rollout_py.job_events import (
 from rollout_py.procs import close_control_dir
 from rollout_py.redact import Redactor
 from rollout_py.resources import roles_path
+from rollout_py.runner_files import runner_settings as _runner_settings
+from rollout_py.runner_files import secrets_file as _secrets_file
 
 if TYPE_CHECKING:
+    from rollout_py.exec_nodes import NodePool
     from rollout_py.playbook_session import PlaybookSession
+    from rollout_py.spec_executors import NodeSpec
 
 Cancel = Callable[[], bool]
 
@@ -97,35 +101,6 @@ class PreparesBatches(Protocol):
         """No more of the prepared batch runs will be asked for."""
 
 
-@contextlib.contextmanager
-def _secrets_file(secret_vars: Mapping[str, Any]) -> Iterator[str | None]:
-    """Secret variables reach Ansible as ``-e @file`` from a private temporary file, so they
-    are neither on a command line (visible in ps) nor in ansible-runner's artifacts."""
-    if not secret_vars:
-        yield None
-        return
-    tmp = tempfile.mkdtemp(prefix="rollout-secrets-")
-    path = os.path.join(tmp, "vars.json")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dict(secret_vars), fh)
-        yield f"-e @{path}"
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _runner_settings(private: Path) -> dict[str, Any]:
-    """ansible-runner's settings for a run, also written to ``env/settings``: ansible-runner
-    2.4 drops the ``settings`` argument when that file is missing (RunnerConfig.prepare_env),
-    which left ``pexpect_timeout`` at its default 5 s (a cancel seen up to 5 s late)."""
-    settings: dict[str, Any] = {"pexpect_timeout": 0.2, "suppress_ansible_output": True}
-    env = private / "env"
-    env.mkdir(mode=0o700, exist_ok=True)
-    (env / "settings").write_text(json.dumps(settings))
-    return settings
-
-
 class AnsibleExecutor:
     """ansible-runner against the user's inventory, one private data dir per run.
 
@@ -137,7 +112,7 @@ class AnsibleExecutor:
                  extravars: Mapping[str, Any] | None = None,
                  secret_vars: Mapping[str, Any] | None = None, forks: int = 50,
                  verbosity: int = 0, control_dir: str | None = None,
-                 redactor: Redactor | None = None) -> None:
+                 redactor: Redactor | None = None, nodes: NodePool | None = None) -> None:
         self.inventory = inventory
         self.work_dir = work_dir
         self.extravars = dict(extravars or {})
@@ -155,6 +130,7 @@ class AnsibleExecutor:
         self._lock = threading.Lock()
         self._session: PlaybookSession | None = None
         self._ended: list[PlaybookSession] = []
+        self.nodes = nodes  # remote execution nodes (rollout_py.exec_nodes), if the spec has
 
     def _envvars(self) -> dict[str, str]:
         user_roles = os.environ.get("ANSIBLE_ROLES_PATH")
@@ -187,7 +163,8 @@ class AnsibleExecutor:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def _run(self, label: str, hosts: Sequence[str], cancel: Cancel | None,
+    def _run(self, label: str, hosts: Sequence[str], cancel: Cancel | None, *,
+             node: NodeSpec | None = None,
              **kwargs: Any) -> tuple[Any, dict[str, str], dict[str, Any]]:
         messages: dict[str, str] = {}
         stats_data: dict[str, Any] = {}
@@ -215,7 +192,7 @@ class AnsibleExecutor:
         extravars = {**self.extravars, **kwargs.pop("extravars", {}),
                      "ansible_control_path_dir": self.control_dir}
         try:
-            private = self._private_dir(label)
+            private = self._private_dir(f"{node.name}@{label}" if node else label)
         except OSError as exc:
             raise ControllerError(f"cannot create {self.work_dir}/...{label}: "
                                   f"{exc.strerror or exc}") from exc
@@ -224,7 +201,7 @@ class AnsibleExecutor:
                 runner = self._start(private, on_event, cancel or (lambda: False), {
                     "limit": ",".join(hosts), "extravars": extravars,
                     "forks": min(self.forks, max(1, len(hosts))), "cmdline": cmdline,
-                    **kwargs})
+                    **kwargs}, node)
             except OSError as exc:  # e.g. the state directory is full
                 raise ControllerError(f"ansible-runner failed on the controller: "
                                       f"{exc.strerror or exc}") from exc
@@ -236,6 +213,7 @@ class AnsibleExecutor:
         outcomes: dict[str, str] = {}
         # runner.stats (which reads all job events back) only if the handler saw no stats:
         # a cancelled run, or an ansible-runner that did not call it.
+        lost = getattr(runner, "lost", None)  # the execution node's stream broke
         stats = final or runner.stats or {}
         processed = set(stats.get("processed", {}))
         failed = set(stats.get("failures", {}))
@@ -247,6 +225,8 @@ class AnsibleExecutor:
                 outcomes[host] = messages.get(host, "failed: no message")
             elif host in processed:
                 outcomes[host] = "ok"
+            elif lost and node:
+                outcomes[host] = f"failed: execution node {node.name} lost: {lost}"
             else:
                 outcomes[host] = "not run" if runner.status != "canceled" else "not run: cancelled"
         return runner, outcomes, stats_data
@@ -260,18 +240,32 @@ class AnsibleExecutor:
             served = session.run_batch(index, cancel)
             if served is not None:
                 return served
+        if self.nodes is not None:
+            parts = executor_remote.parts(self.nodes, hosts)
+            if parts is not None:
+                return executor_remote.run_parts(
+                    parts, lambda node, subset: self._playbook(
+                        playbook, subset, extravars, label=label, tags=tags, cancel=cancel,
+                        node=node))
+        return self._playbook(playbook, hosts, extravars, label=label, tags=tags, cancel=cancel)
+
+    def _playbook(self, playbook: str, hosts: Sequence[str], extravars: Mapping[str, Any], *,
+                  label: str, tags: str | None, cancel: Cancel | None,
+                  node: NodeSpec | None = None) -> RunResult:
         extra: dict[str, Any] = {"extravars": dict(extravars)}
         if tags:
             extra["tags"] = tags
-        runner, outcomes, data = self._run(label, hosts, cancel, playbook=playbook, **extra)
+        runner, outcomes, data = self._run(label, hosts, cancel, node=node,
+                                           playbook=playbook, **extra)
         previous = data.get("rollout_previous_version") or {}
         return RunResult(status=runner.status, rc=runner.rc or 0, hosts=outcomes,
                          previous_versions={h: previous.get(h) for h in hosts if h in previous},
                          artifact_dir=str(runner.config.artifact_dir))
 
     def run_command(self, host: str, command: str, timeout: float) -> tuple[bool, str]:
+        node = self.nodes.node_for(host) if self.nodes is not None else None
         _, outcomes, _ = self._run(
-            "probe", [host], None, module="ansible.builtin.shell", module_args=command,
+            "probe", [host], None, node=node, module="ansible.builtin.shell", module_args=command,
             host_pattern=host, timeout=int(max(1, timeout)) + 5)
         return outcomes.get(host) == "ok", outcomes.get(host, "")
 
@@ -314,7 +308,7 @@ class AnsibleExecutor:
         from rollout_py.playbook_session import PlaybookSession  # it imports this module
 
         self.end_batches()
-        if not batches:
+        if not batches or self.nodes is not None:  # execution nodes take a run per batch
             return
         try:
             private = self._private_dir("batches-upgrade")
@@ -346,9 +340,16 @@ class AnsibleExecutor:
             self._ended.append(session)
 
     def _start(self, private: Path, handler: Callable[[dict[str, Any]], bool], cancel: Cancel,
-               kwargs: dict[str, Any]) -> Any:
-        """ansible-runner as every run of this executor calls it (``kwargs`` on top)."""
+               kwargs: dict[str, Any], node: NodeSpec | None = None) -> Any:
+        """ansible-runner as every run of this executor calls it (``kwargs`` on top); with
+        ``node``, streamed through that execution node."""
         import ansible_runner
+
+        if node is not None and self.nodes is not None:
+            return executor_remote.start(
+                self.nodes, node, private, handler, cancel, kwargs, inventory=self.inventory,
+                envvars=self._envvars(), settings=_runner_settings(private),
+                secrets=self.secret_vars, verbosity=self.verbosity)
 
         return ansible_runner.run(**{
             "private_data_dir": str(private), "inventory": self.inventory,
@@ -366,4 +367,6 @@ class AnsibleExecutor:
             with contextlib.suppress(OSError):
                 self.redactor.scrub_tree(session.private)
         self._ended.clear()
+        if self.nodes is not None:
+            self.nodes.close()
         close_control_dir(self.control_dir)

@@ -30,6 +30,7 @@ from rollout_py.balancer.runtime import RuntimeAPI
 from rollout_py.balancer.transports import SshOptions, open_transport
 from rollout_py.controls import Control
 from rollout_py.errors import BalancerError, InputError, PreflightError
+from rollout_py.exec_nodes import NodePool, ssh_transport
 from rollout_py.executor import AnsibleExecutor, Executor
 from rollout_py.lock import FleetLock, fleet_key
 from rollout_py.notify import Notifier, Webhook
@@ -68,6 +69,17 @@ def ssh_options_for(spec: Spec) -> Callable[[str], SshOptions]:
                           bind_address=entry.get("bindaddress"))
 
     return options
+
+
+def node_pool(ctx: Context) -> NodePool | None:
+    """The spec's execution nodes (None without an ``executors`` section)."""
+    spec = ctx.spec.executors
+    if spec is None:
+        return None
+    config = str(ctx.spec.path(spec.ssh_config)) if spec.ssh_config else None
+    members = {g: {h.name for h in ctx.inventory.select(g)} for g in spec.groups}
+    return NodePool(spec, ssh_transport(config),
+                    groups_of=lambda host: {g for g, names in members.items() if host in names})
 
 
 def lease_backends(spec: Spec) -> list[str]:
@@ -201,7 +213,7 @@ class FleetSession:
             self._executor = self._given_executor or AnsibleExecutor(
                 self.ctx.inventory_source, work_dir=runs, extravars=self.plain_vars,
                 secret_vars=self._secret_values, verbosity=self.verbosity,
-                control_dir=control_dir, redactor=self.redactor)
+                control_dir=control_dir, redactor=self.redactor, nodes=node_pool(self.ctx))
         return self._executor
 
     def run(self, engine: Callable[[Sequence[Sink]], Engine], journal: Path,

@@ -23,6 +23,7 @@ from pydantic import (
 
 from rollout_py.errors import SpecError
 from rollout_py.spec_canary import AnalysisSpec, CanarySpec, dispatch, share
+from rollout_py.spec_executors import ExecutorsSpec
 from rollout_py.spec_flags import FlagsSpec
 from rollout_py.spec_phases import PhasesSpec
 from rollout_py.spec_pools import BlueGreenSpec
@@ -233,6 +234,7 @@ class Spec(_Model):
     analysis: AnalysisSpec | None = None
     flags: FlagsSpec | None = None
     phases: PhasesSpec | None = None  # expand / migrate / contract (rollout_py.spec_phases)
+    executors: ExecutorsSpec | None = None  # remote execution nodes (rollout_py.exec_nodes)
     # Where the spec came from (set by load_spec; not a YAML key).
     source: str = Field("<memory>", exclude=True)
     base_dir: str = Field(".", exclude=True)

@@ -11,7 +11,7 @@ import click
 from rollout_py.lab import artifact as artifact_mod
 from rollout_py.lab import lab as lab_mod
 from rollout_py.lab.cli_db import db_group
-from rollout_py.lab.layout import MAX_HOSTS, Layout
+from rollout_py.lab.layout import MAX_EXEC_NODES, MAX_HOSTS, Layout
 
 DEFAULT_DIR = Path(".rollout-lab")
 dir_option = click.option("--dir", "lab_dir", type=click.Path(path_type=Path), default=DEFAULT_DIR,
@@ -40,13 +40,18 @@ def lab() -> None:
 @click.option("--db", "with_db", is_flag=True,
               help="Also run PostgreSQL on host db1 (database and role app) for releases built "
                    "with --db-schema, and write its migrations to DIR/migrations.")
+@click.option("--exec-nodes", "n_exec", type=click.IntRange(0, MAX_EXEC_NODES), default=0,
+              show_default=True,
+              help="Execution nodes exec1..execN: hosts that run ansible-runner workers for the "
+                   "controller over SSH (rollout.yml's executors), not in the inventory.")
 @dir_option
 def up(n_hosts: int, n_lbs: int, block: str | None, with_prometheus: bool, with_shaping: bool,
-       n_pools: int, with_db: bool, lab_dir: Path) -> int:
+       n_pools: int, with_db: bool, n_exec: int, lab_dir: Path) -> int:
     """Bring the lab up (root)."""
     layout = lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs, block=block,
                         with_prometheus=with_prometheus, n_pools=n_pools,
-                        with_shaping=with_shaping, with_db=with_db, say=click.echo)
+                        with_shaping=with_shaping, with_db=with_db, n_exec=n_exec,
+                        say=click.echo)
     _print_summary(layout)
     return 0
 
@@ -67,6 +72,9 @@ def _print_summary(layout: Layout) -> None:
                    f"migrations in {layout.path / 'migrations'}; spec with phases "
                    f"{layout.path / 'rollout-db.yml'}; the release with the feature's flag "
                    f"{layout.path / 'rollout-release.yml'})")
+    if layout.exec_hosts:
+        click.echo("exec nodes: " + ", ".join(f"{h.name} {h.address}" for h in layout.exec_hosts)
+                   + " (rollout.yml's executors)")
     click.echo(f"inventory: {info['inventory']}")
     click.echo(f"spec:      {info['spec']}")
     click.echo(f"canary:    {info['canary_spec']}")
@@ -118,6 +126,9 @@ def status(lab_dir: Path, as_json: bool) -> int:
         click.echo(f"database: {dbi['url']} on {dbi['host']} "
                    f"({'running' if dbi['running'] else 'NOT RUNNING'}); "
                    + (check_line(dbi["users"]) if "users" in dbi else dbi.get("error", "")))
+    for node in info.get("exec_nodes", []):
+        click.echo(f"exec node {node['name']}: {node['address']} "
+                   f"(sshd {'up' if node['sshd'] else 'DOWN'})")
     header = f"{'host':<8} {'address':<15} {'sshd':<5} {'version':<10}" + "".join(
         f" {lb['name']:<14}" for lb in lbs)
     click.echo(header)

@@ -3,13 +3,14 @@ rollout-canary.yml and (with pools) rollout-bluegreen.yml."""
 
 from __future__ import annotations
 
-from rollout_py.lab import flagfiles, pools, shaping
+from rollout_py.lab import exec_nodes, flagfiles, pools, shaping
 from rollout_py.lab.haproxy import BACKEND
 from rollout_py.lab.layout import APP_PORT, Layout
 from rollout_py.resources import playbook, roles_path
 
 
 def inventory(layout: Layout) -> str:
+    """The deploy's hosts: app hosts (and pools), LB hosts, db1; never the exec nodes."""
     lines = ["# Written by `rollout lab up`; removed by `rollout lab down`.", "[app]"]
     lines += [f"{h.name} ansible_host={h.address}" for h in layout.app_hosts]
     address = {h.name: h.address for h in layout.app_hosts}
@@ -78,7 +79,8 @@ control_path = %(directory)s/%%C
 
 
 def rollout_spec(layout: Layout) -> str:
-    """A rolling deploy of the lab's hosts (with pools: of the live pool, blue)."""
+    """A rolling deploy of the lab's hosts (with pools: of the live pool, blue); with exec
+    nodes, run through them (``executors``)."""
     group, backend = ("app", BACKEND) if not layout.pools else \
         (layout.pools[0].name, layout.pools[0].backend)
     sockets = "\n".join(f"    - {lb.socket_url}" for lb in layout.lbs)
@@ -111,7 +113,7 @@ haproxy:
     - http: "http://{{{{ ansible_host }}}}:{APP_PORT}/version"
       body: "{{{{ rollout_version }}}}"
     - haproxy: UP
-{flagfiles.spec_yaml(layout)}"""
+{flagfiles.spec_yaml(layout)}{exec_nodes.spec_section(layout)}"""
 
 
 def canary_5xx_query(backend: str) -> str:

@@ -18,15 +18,17 @@ from rollout_py.lab.procs import Proc, run, spawn
 PRIVATE_DIRS = ("srv", "root", "run", "tmp")
 
 
-def _sshd_config(host: HostSpec) -> str:
-    # Paths are as seen inside the host: /run/lab is the host's private /run.
+def sshd_config(host: HostSpec, *, host_key: str = "/run/lab/ssh_host_ed25519_key",
+                authorized_keys: str = "/root/.ssh/authorized_keys") -> str:
+    """A lab host's sshd_config. The default paths are as seen inside an app, LB or database
+    host (/run/lab is the host's private /run); an execution node passes absolute ones."""
     return "\n".join([
         f"ListenAddress {host.address}:22",
-        "HostKey /run/lab/ssh_host_ed25519_key",
+        f"HostKey {host_key}",
         "PidFile none",
         "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes",
-        "AuthorizedKeysFile /root/.ssh/authorized_keys",
+        f"AuthorizedKeysFile {authorized_keys}",
         "PasswordAuthentication no",
         "KbdInteractiveAuthentication no",
         "UsePAM no",
@@ -56,7 +58,7 @@ def prepare(layout: Layout, host: HostSpec, pubkey: str) -> str:
     if not key.exists():
         run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{host.name}",
              "-f", str(key)])
-    (lab / "sshd_config").write_text(_sshd_config(host))
+    (lab / "sshd_config").write_text(sshd_config(host))
     return " ".join((lab / "ssh_host_ed25519_key.pub").read_text().split()[:2])
 
 
@@ -94,6 +96,12 @@ def start_sshd(layout: Layout, host: HostSpec) -> Proc:
     )
     script = (f"set -e; hostname {shlex.quote(host.name)}; {mounts}; "
               "exec /usr/sbin/sshd -D -e -f /run/lab/sshd_config")
+    return spawn_sshd(layout, host, script)
+
+
+def spawn_sshd(layout: Layout, host: HostSpec, script: str) -> Proc:
+    """Runs ``script`` (which ends by exec'ing sshd) in the host's network namespace under new
+    UTS and mount namespaces; returns sshd once the pid is sshd's."""
     child = spawn(["ip", "netns", "exec", host.netns, "unshare", "--uts", "--mount",
                    "--propagation", "private", "/bin/sh", "-c", script],
                   str(layout.logs / f"sshd-{host.name}.log"))

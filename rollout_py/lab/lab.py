@@ -20,15 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import rollout_py.lab.exec_nodes as exec_nodes
 from rollout_py.balancer import RuntimeAPI, open_transport
 from rollout_py.balancer.transports import SshOptions
 from rollout_py.errors import InputError, LabError, LabPrerequisiteError
 from rollout_py.lab import artifact, db, files, flagfiles, haproxy, hosts, net, pools, prometheus
 from rollout_py.lab.layout import APP_PORT, MAX_HOSTS, RUN_ROOT, HostSpec, Layout, LbSpec
-from rollout_py.lab.procs import (
-    Proc,
-    run,
-)
+from rollout_py.lab.procs import Proc, run
 from rollout_py.lab.teardown import teardown, teardown_index
 
 INSTALL_HINT = "apt-get install -y haproxy openssh-server openssh-client iproute2 socat util-linux"
@@ -80,13 +78,14 @@ def _host_python() -> str:
     return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
-def _validate(lab_dir: Path, n_hosts: int, n_lbs: int, n_pools: int = 1) -> None:
+def _validate(lab_dir: Path, n_hosts: int, n_lbs: int, n_pools: int = 1, n_exec: int = 0) -> None:
     if not 1 <= n_hosts <= MAX_HOSTS:
         raise InputError(f"--hosts must be between 1 and {MAX_HOSTS} (one /24), not {n_hosts}")
     if not 1 <= n_lbs <= 2:
         raise InputError(f"--lbs must be 1 or 2, not {n_lbs}")
     if n_pools not in (1, 2) or (n_pools == 2 and n_hosts < 2):
         raise InputError(f"--pools must be 1 or 2 (2 needs at least 2 hosts), not {n_pools}")
+    exec_nodes.validate(n_exec)
     if any(ch.isspace() for ch in str(lab_dir)) or "," in str(lab_dir):
         raise InputError(f"lab dir {str(lab_dir)!r} must not contain spaces or commas "
                          "(it is written into an Ansible inventory)")
@@ -98,7 +97,7 @@ def running(layout: Layout) -> bool:
 
 def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = None,
        with_prometheus: bool = False, n_pools: int = 1, with_shaping: bool = False,
-       with_db: bool = False, say: Say = lambda _msg: None) -> Layout:
+       with_db: bool = False, n_exec: int = 0, say: Say = lambda _msg: None) -> Layout:
     """Builds the lab in ``lab_dir``; on a lab that is already up, changes nothing.
 
     ``n_pools=2`` splits the hosts into pools blue and green, routed through a map on every
@@ -113,11 +112,13 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
     ``with_db`` runs PostgreSQL on host db1 for releases built with a schema
     (``rollout_py.lab.db``; ``layout.db_url``) and writes its migrations to ``DIR/migrations``.
 
+    ``n_exec`` execution nodes run Ansible for the controller (``rollout_py.lab.exec_nodes``).
+
     Example:
         >>> layout = up(Path(".rollout-lab"), n_hosts=4)  # doctest: +SKIP
     """
     lab_dir = lab_dir.absolute()
-    _validate(lab_dir, n_hosts, n_lbs, n_pools)
+    _validate(lab_dir, n_hosts, n_lbs, n_pools, n_exec)
     if with_shaping and n_pools != 1:
         raise InputError("--shaping works with one pool (the backend 'app'), not --pools 2")
     check_prerequisites(with_prometheus=with_prometheus)
@@ -128,10 +129,11 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
             if not running(existing):
                 raise LabError(f"the lab in {lab_dir} is not fully up (state {existing.state}, "
                                f"or a process died): run `rollout lab down --dir {lab_dir}` first")
-            if (existing.n_hosts, existing.n_lbs, existing.n_pools) != (n_hosts, n_lbs, n_pools):
+            if (existing.n_hosts, existing.n_lbs, existing.n_pools, existing.n_exec) != \
+                    (n_hosts, n_lbs, n_pools, n_exec):
                 raise LabError(f"the lab in {lab_dir} is already up with {existing.n_hosts} hosts, "
-                               f"{existing.n_lbs} LB(s) and {existing.n_pools} pool(s); run "
-                               "`rollout lab down` to resize it")
+                               f"{existing.n_lbs} LB(s), {existing.n_pools} pool(s), "
+                               f"{existing.n_exec} exec node(s); run `rollout lab down` first")
             if (existing.prometheus_url is not None) != with_prometheus:
                 has = "with" if existing.prometheus_url else "without"
                 raise LabError(f"the lab in {lab_dir} is already up {has} Prometheus; run "
@@ -150,7 +152,7 @@ def up(lab_dir: Path, *, n_hosts: int = 4, n_lbs: int = 1, block: str | None = N
         net.install_guard(network)  # before anything targets a lab address
         layout = Layout(dir=str(lab_dir), index=_free_index(network), block=str(network),
                         n_hosts=n_hosts, n_lbs=n_lbs, host_python=_host_python(),
-                        n_pools=n_pools, shaping=with_shaping, db=with_db)
+                        n_pools=n_pools, shaping=with_shaping, db=with_db, n_exec=n_exec)
         lab_dir.mkdir(parents=True, exist_ok=True)
         layout.save()
         started = time.monotonic()
@@ -192,12 +194,15 @@ def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
     # started now, it comes up while the hosts do. The canary spec's gate needs its URL.
     prom = prometheus.start(layout) if with_prometheus else None
     net.create_bridge(layout.bridge, f"{layout.gateway}/24")
+    layout.ssh_config.write_text(files.ssh_config(layout))  # exec nodes bind over it at start
     say(f"bridge {layout.bridge} {layout.gateway}/24; starting {len(layout.all_hosts)} hosts")
 
     host_keys: dict[str, str] = {}
 
     def start_host(host: HostSpec) -> tuple[str, Proc]:
         net.create_netns(host.netns, host.veth, layout.bridge, f"{host.address}/24")
+        if host.role == "exec":  # the machine's filesystem, not private dirs (lab.exec_nodes)
+            return host.name, exec_nodes.start(layout, host, pubkey, host_keys)
         host_keys[host.name] = hosts.prepare(layout, host, pubkey)
         if host.role == "app":
             hosts.install_app_runtime(layout, host)
@@ -232,7 +237,6 @@ def _build(layout: Layout, say: Say, with_prometheus: bool) -> None:
         layout.save()
 
     (layout.path / "inventory.ini").write_text(files.inventory(layout))
-    layout.ssh_config.write_text(files.ssh_config(layout))
     layout.known_hosts.write_text(files.known_hosts(layout, host_keys))
     (layout.path / "ansible.cfg").write_text(files.ansible_cfg(layout))
     (layout.path / "rollout.yml").write_text(files.rollout_spec(layout))
@@ -382,6 +386,7 @@ def status(lab_dir: Path) -> dict[str, Any]:
         lb_rows.append(row)
     return {"dir": info["dir"], "state": info["state"], "subnet": info["subnet"],
             "pools": info["pools"], "hosts": host_rows, "lbs": lb_rows,
+            "exec_nodes": exec_nodes.status(layout),
             "prometheus": prometheus.status(layout), "db": db.status(layout)}
 
 

@@ -14,6 +14,8 @@ MAX_HOSTS = 244  # .11 to .254 of the lab's /24
 RUN_ROOT = Path("/run/rollout-lab")
 APP_PORT = 8080
 DB_OCTET = 10  # `up --db`: host db1 (app hosts start at .11, LB hosts at .3)
+MAX_EXEC_NODES = 6  # `up --exec-nodes N`: exec1..execN on .4 to .9 (rollout_py.lab.exec_nodes)
+EXEC_OCTET = 4
 # The flag file every app host's flag-enabled release reads (flagd's format), on the host.
 HOST_FLAGS_PATH = "/srv/app/shared/flags.json"
 
@@ -26,7 +28,7 @@ class HostSpec:
     address: str
     netns: str
     veth: str
-    role: str  # "app", "lb" or "db"
+    role: str  # "app", "lb", "db" or "exec"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class Layout:
     db: bool = False  # `up --db`: PostgreSQL on host db1 (rollout_py.lab.db)
     db_port: int = 5432
     db_password: str | None = None  # role app's, made for this lab
+    n_exec: int = 0  # `up --exec-nodes N`: execution nodes exec1..execN (lab.exec_nodes)
 
     # --- derived names -----------------------------------------------------------------
     @property
@@ -145,8 +148,17 @@ class Layout:
             f"postgresql://app@{self.db_host.address}:{self.db_port}/app"
 
     @property
+    def exec_hosts(self) -> list[HostSpec]:
+        """Execution nodes (``up --exec-nodes N``): ansible-runner workers for the controller,
+        never in the inventory (``rollout_py.lab.exec_nodes``)."""
+        return [self._host(f"exec{i}", EXEC_OCTET - 1 + i, "exec")
+                for i in range(1, self.n_exec + 1)]
+
+    @property
     def all_hosts(self) -> list[HostSpec]:
-        return self.app_hosts + self.lb_hosts + ([self.db_host] if self.db else [])
+        """Every namespace host: what ``up`` starts, ``down`` removes and SSH knows."""
+        return self.app_hosts + self.lb_hosts + ([self.db_host] if self.db else []) + \
+            self.exec_hosts
 
     def host_dir(self, name: str) -> Path:
         return self.path / "hosts" / name
@@ -224,6 +236,7 @@ class Layout:
             "hosts": [asdict(h) for h in self.app_hosts],
             "lb_hosts": [asdict(h) for h in self.lb_hosts],
             "db_hosts": [asdict(self.db_host)] if self.db else [],
+            "exec_hosts": [asdict(h) for h in self.exec_hosts],
             "lbs": [asdict(lb) | {"frontend": f"127.0.0.1:{lb.port}", "metrics": lb.metrics_url,
                                   "preview": None if lb.preview_port is None
                                   else f"127.0.0.1:{lb.preview_port}"}

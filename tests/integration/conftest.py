@@ -61,12 +61,12 @@ def lab_factory(root_required: None, tmp_path_factory: pytest.TempPathFactory
 
     def make(n_hosts: int = 4, n_lbs: int = 1, name: str = "lab",
              with_prometheus: bool = False, n_pools: int = 1,
-             with_shaping: bool = False, with_db: bool = False) -> Layout:
+             with_shaping: bool = False, with_db: bool = False, n_exec: int = 0) -> Layout:
         lab_dir = tmp_path_factory.mktemp(name)
         made.append(lab_dir)
         return lab_mod.up(lab_dir, n_hosts=n_hosts, n_lbs=n_lbs,
                           with_prometheus=with_prometheus, n_pools=n_pools,
-                          with_shaping=with_shaping, with_db=with_db)
+                          with_shaping=with_shaping, with_db=with_db, n_exec=n_exec)
 
     yield make
     errors = []

@@ -11,7 +11,8 @@ import ansible_runner
 import pytest
 from ansible_runner.config.runner import RunnerConfig
 
-from rollout_py.executor import AnsibleExecutor, _runner_settings
+from rollout_py.executor import AnsibleExecutor
+from rollout_py.runner_files import runner_settings as _runner_settings
 
 
 def job(kind: str, host: str | None = None, **data: Any) -> dict[str, Any]:

@@ -34,3 +34,10 @@ def test_executor_environment_arms_the_plugin_and_keeps_host_key_checking(
     assert env["ANSIBLE_CALLBACK_PLUGINS"] == _lifeline.PLUGIN_DIR
     assert env[_lifeline.ENV_VAR] == str(os.getpid())
     assert env["ANSIBLE_HOST_KEY_CHECKING"] == "True"
+
+
+def test_the_node_wrapper_arms_the_same_variable() -> None:
+    from importlib import resources
+
+    wrapper = resources.files("rollout_py").joinpath("node_wrapper.py").read_text()
+    assert f'LIFELINE = "{_lifeline.ENV_VAR}"' in wrapper
