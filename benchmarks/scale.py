@@ -1,8 +1,9 @@
-"""Rollouts at growing fleet sizes: rollout_py (staged, and not staged) against the plain-Ansible
-rolling update, on the same lab and role, measured side by side in one run.
+"""Rollouts at growing fleet sizes: rollout_py (staged, and not staged; and staged through two
+execution nodes) against the plain-Ansible rolling update, on the same lab and role, measured
+side by side in one run.
 
 Run as root:  .venv/bin/python benchmarks/scale.py [--sizes 8,20,100] [--rounds 3]
-                  [--configs plain,nostage,staged] [--load RPS] [--json out.json]
+                  [--configs plain,nostage,staged,nodes] [--load RPS] [--json out.json]
 
 Per size, a fresh lab (2 LBs); each rollout deploys a new version with batches [1, 50%, 100%].
 This machine is noisy, so every configuration runs ``--rounds`` times (default 3) on that lab,
@@ -16,7 +17,9 @@ Columns:
               soak: the work any tool must wait for; the rest is rollout_py's own overhead
   overhead    wall - floor (seconds)
   ctl cpu     CPU seconds of the controller process itself (ansible runs excluded)
-  ansible cpu CPU seconds of the ansible processes it started
+  ansible cpu CPU seconds of the ansible processes it started (with ``nodes`` the Ansible
+              work runs on the lab's execution nodes, exec1 and exec2, and is not counted)
+  node cpu    with ``nodes``: CPU seconds of the execution nodes' workers and their Ansible
   ctl rss     peak RSS of the controller process (MiB)
   out mean/max seconds each server spent out of rotation (sampled on every LB at 10 Hz)
   sent/failed with --load RPS: requests sent through the first LB during the rollout, and how
@@ -44,6 +47,8 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from rollout_py import load_spec
 from rollout_py.lab import artifact, lab
@@ -90,13 +95,45 @@ def breakdown(spec_path: Path) -> tuple[str, dict[str, dict[str, float]]]:
     return render_table(summary, tasks=5), numbers
 
 
-def engine(layout: Layout, version: str, *, staged: bool) -> Row:
-    args = [sys.executable, str(HERE / "deploy_once.py"), str(layout.path / "rollout.yml"),
+def node_cpu(layout: Layout) -> float:
+    """CPU seconds used so far under the execution nodes' sshd (each process's own and its
+    reaped children's: the workers and their Ansible), summed over the nodes."""
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            stats[int(entry)] = text.rsplit(")", 1)[1].split()
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    ticks = 0
+    todo = [layout.procs[f"sshd:{h.name}"]["pid"] for h in layout.exec_hosts]
+    while todo:
+        pid = todo.pop()
+        fields = stats.get(pid)
+        if fields:  # utime, stime, cutime, cstime
+            ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
+        todo.extend(children.get(pid, []))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+LOCAL_SPEC = "rollout-controller.yml"  # the lab's rollout.yml without its executors section
+
+
+def engine(layout: Layout, version: str, *, staged: bool, nodes: bool = False) -> Row:
+    spec = layout.path / ("rollout.yml" if nodes else LOCAL_SPEC)
+    args = [sys.executable, str(HERE / "deploy_once.py"), str(spec),
             version] + ([] if staged else ["--no-stage"])
+    before = node_cpu(layout)
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"deploy failed:\n{proc.stderr[-3000:]}")
     data: Row = json.loads(proc.stdout.strip().splitlines()[-1])
+    if nodes:
+        data["node_cpu"] = node_cpu(layout) - before
     if data["status"] != "succeeded":
         raise SystemExit(f"deploy {version} did not succeed: {data['status']}")
     ansible = drains = soak = 0.0
@@ -109,7 +146,7 @@ def engine(layout: Layout, version: str, *, staged: bool) -> Row:
     data["floor"] = ansible + drains + soak
     data["eff"] = data["floor"] / data["wall"]
     data["overhead"] = data["wall"] - data["floor"]
-    data["out_table"], data["out_segments"] = breakdown(layout.path / "rollout.yml")
+    data["out_table"], data["out_segments"] = breakdown(spec)
     return data
 
 
@@ -125,6 +162,8 @@ CONFIGS = (
     Config("plain", "plain Ansible", "p", plain),
     Config("nostage", "rollout_py, no stage", "e", partial(engine, staged=False)),
     Config("staged", "rollout_py, staged", "s", partial(engine, staged=True)),
+    Config("nodes", "rollout_py, staged, 2 exec nodes", "x",
+           partial(engine, staged=True, nodes=True)),
 )
 
 
@@ -161,8 +200,12 @@ def measure(size: int, configs: Sequence[Config], rounds: int, rps: float = 0.0)
     """Every round of every configuration on one fresh lab, alternating configurations."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="rollout-scale-") as tmp:
-        layout = lab.up(Path(tmp) / "lab", n_hosts=size, n_lbs=2)
+        with_nodes = any(c.key == "nodes" for c in configs)
+        layout = lab.up(Path(tmp) / "lab", n_hosts=size, n_lbs=2, n_exec=2 if with_nodes else 0)
         try:
+            spec = yaml.safe_load((layout.path / "rollout.yml").read_text())
+            spec.pop("executors", None)
+            (layout.path / LOCAL_SPEC).write_text(yaml.safe_dump(spec, sort_keys=False))
             for config in configs:
                 for rnd in range(1, rounds + 1):
                     artifact.build_artifact(layout.artifacts, f"{config.prefix}{rnd}")
@@ -203,6 +246,7 @@ COLUMNS = (
     Column("overhead", "overhead", ".1f"),
     Column("self_cpu", "ctl cpu", ".1f"),
     Column("children_cpu", "ansible cpu", ".1f"),
+    Column("node_cpu", "node cpu", ".1f"),
     Column("self_maxrss_mb", "ctl rss", ".0f"),
     Column("out_mean", "out mean", ".1f", spread=True),
     Column("out_max", "out max", ".1f"),
@@ -267,7 +311,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="8,20,100")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds per configuration.")
     parser.add_argument("--configs", type=parse_configs, default=list(CONFIGS),
-                        help="Comma list among plain,nostage,staged (default: all).")
+                        help="Comma list among plain,nostage,staged,nodes (default: all).")
     parser.add_argument("--load", type=float, default=0.0, metavar="RPS",
                         help="Requests per second through the first LB during every rollout "
                              "(sent and failed are counted; default: none).")
