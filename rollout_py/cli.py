@@ -138,8 +138,9 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
     """Show what a deploy would do; touches nothing."""
     from rollout_py import api
     from rollout_py.preflight import read_versions
-    from rollout_py.report import plan_lines
+    from rollout_py.report import plan_json, plan_lines
     from rollout_py.report_phases import phase_plan
+    from rollout_py.session import node_pool
 
     spec = api.load_spec(spec_file)
     ctx = api.Context.resolve(spec, inventory=inventory, limit=limit)
@@ -148,18 +149,14 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
     the_plan = api.plan(spec, version=version, force=force, current_versions=versions,
                         context=ctx)
     weights = api.lb_weights(spec, the_plan) if the_plan.traffic else None
+    nodes = node_pool(ctx)
     if as_json:
-        data = the_plan.to_json()
-        if weights is not None:
-            data["lb_weights"] = weights
-        if phases.data:
-            data["phases"] = phases.data
-        if spec.haproxy.shaping is not None:  # rollout_py.shaping
-            data["shaping"] = {**spec.haproxy.shaping.model_dump(),
-                               "actions": spec.haproxy.shaping.describe()}
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(plan_json(the_plan, weights, phases, spec.haproxy.shaping,
+                                        nodes.placement if nodes is not None else None),
+                              indent=2))
     else:
-        click.echo("\n".join(plan_lines(the_plan, weights, phases)))
+        click.echo("\n".join(plan_lines(the_plan, weights, phases,
+                                        nodes.describe if nodes is not None else None)))
         if spec.haproxy.shaping is not None:
             click.echo("\n".join(f"shaping: {line}" for line in spec.haproxy.shaping.describe()))
     return EXIT_OK

@@ -134,6 +134,16 @@ class NodePool:
             out.append((None, parts[None]))
         return out
 
+    def describe(self, hosts: Sequence[str]) -> str:
+        """Where ``hosts``' Ansible work runs, for ``rollout plan``: ``exec1 (app01, app03),
+        exec2 (app02)``."""
+        return ", ".join(f"{node.name if node else 'the controller'} ({', '.join(part)})"
+                         for node, part in self.split(hosts))
+
+    def placement(self, hosts: Sequence[str]) -> dict[str, list[str]]:
+        """:meth:`describe` as data: node name (``controller``) -> hosts."""
+        return {node.name if node else "controller": part for node, part in self.split(hosts)}
+
     # --- one run ----------------------------------------------------------------------------
     def node_dir(self, node: NodeSpec, private: Path) -> str:
         """The run's private data dir on the node (removed by the worker when it ends)."""

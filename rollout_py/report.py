@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from rollout_py import events as ev
@@ -14,15 +14,18 @@ from rollout_py.report_phases import PhasePlan, phase_line, phase_status_lines
 from rollout_py.report_pools import pool_line
 from rollout_py.result import DeployResult
 from rollout_py.shaping import shaping_line
+from rollout_py.spec_shaping import ShapingSpec
 from rollout_py.steps import SetWeight, step_line
 from rollout_py.weights import shape
 
 
 def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = None,
-               phases: PhasePlan | None = None) -> list[str]:
+               phases: PhasePlan | None = None,
+               placement: Callable[[Sequence[str]], str] | None = None) -> list[str]:
     """``rollout plan``: every step in order; with ``weights`` (each LB's current weights of
     the servers in rotation) traffic shares are shown as the weights each LB will get; with
-    ``phases``, expand before batch 1 and migrate after the last batch."""
+    ``phases``, expand before batch 1 and migrate after the last batch; with ``placement``
+    (execution nodes), where each batch's Ansible work runs."""
     lines = [f"plan {plan.name}: version {plan.version}, {len(plan.hosts)} of {len(plan.fleet)} "
              f"hosts in {len(plan.batches)} batches ({plan.strategy}); max_unavailable "
              f"{plan.max_unavailable}"]
@@ -36,6 +39,8 @@ def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = Non
     for step in plan.steps:
         if isinstance(step, PlannedBatch):
             lines.append(f"batch {step.index}: {', '.join(step.hosts)}")
+            if placement is not None:
+                lines.append(f"  Ansible on {placement(step.hosts)}")
             lines += [f"  - {line}" for line in plan.batch_steps(step)]
             continue
         lines.append(step_line(step, plan.interval))
@@ -49,6 +54,23 @@ def plan_lines(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None = Non
     if not plan.batches:
         lines.append("nothing to do")
     return lines
+
+
+def plan_json(plan: Plan, weights: Mapping[str, Mapping[str, int]] | None, phases: PhasePlan,
+              shaping: ShapingSpec | None,
+              placement: Callable[[Sequence[str]], dict[str, list[str]]] | None
+              ) -> dict[str, Any]:
+    """``rollout plan --json``: the plan's data, with what :func:`plan_lines` adds to it."""
+    data = plan.to_json()
+    if placement is not None:
+        data["executors"] = {str(b.index): placement(b.hosts) for b in plan.batches}
+    if weights is not None:
+        data["lb_weights"] = weights
+    if phases.data:
+        data["phases"] = phases.data
+    if shaping is not None:  # rollout_py.shaping
+        data["shaping"] = {**shaping.model_dump(), "actions": shaping.describe()}
+    return data
 
 
 def _shaped_lines(plan: Plan, step: SetWeight,

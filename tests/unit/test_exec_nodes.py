@@ -239,3 +239,43 @@ def test_a_run_through_a_node_leaves_the_controllers_signal_handlers_alone(
     assert ex.run_playbook(str(tmp_path / "book" / "upgrade.yml"), HOSTS[:1], {},
                            label="batch1-upgrade").ok
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+SPEC = ("name: web\ninventory: inv.ini\nhosts: app\nplaybook: deploy.yml\nbatches: [1, 3]\n"
+        "haproxy: {sockets: ['unix:///run/haproxy.sock']}\n"
+        "health: {probes: [{tcp: '{{ inventory_hostname }}:80'}]}\n")
+
+
+def test_rollout_plan_shows_where_each_batchs_ansible_runs(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from rollout_py.cli import cli
+
+    (tmp_path / "inv.ini").write_text("[dc1]\nh1\nh2\n[dc2]\nh3\nh4\n[app:children]\ndc1\ndc2\n")
+    path = tmp_path / "rollout.yml"
+    path.write_text(SPEC + "executors:\n  nodes: [ssh://e1, ssh://e2]\n  assign: group\n"
+                           "  groups: {dc1: e1, dc2: e2}\n")
+    out = CliRunner().invoke(cli, ["plan", "-f", str(path), "--version", "2.0"],
+                             standalone_mode=False)
+    assert out.exception is None, out.output
+    lines = out.output.splitlines()
+    assert lines[lines.index("batch 1: h1") + 1] == "  Ansible on e1 (h1)"
+    assert lines[lines.index("batch 2: h2, h3, h4") + 1] == "  Ansible on e1 (h2), e2 (h3, h4)"
+    data = json.loads(CliRunner().invoke(cli, ["plan", "-f", str(path), "--version", "2.0",
+                                               "--json"], standalone_mode=False).output)
+    assert data["executors"] == {"1": {"e1": ["h1"]}, "2": {"e1": ["h2"], "e2": ["h3", "h4"]}}
+
+
+def test_a_host_in_no_group_is_refused_before_anything(tmp_path: Path) -> None:
+    from rollout_py.api import Context
+    from rollout_py.spec import load_spec
+
+    (tmp_path / "inv.ini").write_text("[app]\nh1\nh2\n[dc1]\nh1\n")
+    path = tmp_path / "rollout.yml"
+    path.write_text(SPEC + "executors:\n  nodes: [ssh://e1]\n  assign: group\n"
+                           "  groups: {dc1: e1}\n")
+    with pytest.raises(InputError, match=r"executors.groups: 1 host\(s\) are in none of the "
+                                         r"groups dc1 \(e.g. h2\)"):
+        Context.resolve(load_spec(path))
