@@ -17,10 +17,18 @@ if TYPE_CHECKING:
 
 def make_checks(ctx: Context, extravars: Mapping[str, Any]
                 ) -> Callable[[str, str], tuple[list[Check], list[Check]]]:
-    """Renders every probe of the spec for a host and a version (``rollout_version``)."""
+    """Renders every probe of the spec for a host and a version (``rollout_version``); each
+    (host, version) once: the continuous watch asks for every host in rotation each round."""
     spec = ctx.spec
+    rendered: dict[tuple[str, str], tuple[list[Check], list[Check]]] = {}
 
     def checks(host: str, version: str) -> tuple[list[Check], list[Check]]:
+        if (host, version) not in rendered:
+            rendered[host, version] = render(host, version)
+        before, after = rendered[host, version]
+        return list(before), list(after)
+
+    def render(host: str, version: str) -> tuple[list[Check], list[Check]]:
         ih = ctx.host(host)
         extra = {**extravars, "rollout_version": version}
         before, after = [], []
