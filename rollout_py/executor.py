@@ -244,9 +244,9 @@ class AnsibleExecutor:
             parts = executor_remote.parts(self.nodes, hosts)
             if parts is not None:
                 return executor_remote.run_parts(
-                    parts, lambda node, subset: self._playbook(
+                    self.nodes, parts, lambda node, subset: self._playbook(
                         playbook, subset, extravars, label=label, tags=tags, cancel=cancel,
-                        node=node))
+                        node=node), again_if_lost=label.endswith("-rollback"))
         return self._playbook(playbook, hosts, extravars, label=label, tags=tags, cancel=cancel)
 
     def _playbook(self, playbook: str, hosts: Sequence[str], extravars: Mapping[str, Any], *,

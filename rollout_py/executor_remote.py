@@ -33,23 +33,53 @@ def parts(pool: NodePool, hosts: Sequence[str]) -> list[Part] | None:
     return split
 
 
-def run_parts(split: Sequence[Part],
-              run: Callable[[NodeSpec | None, list[str]], RunResult]) -> RunResult:
-    """Runs each part (a node's hosts, or the controller's) at once; one result for all."""
+def lost(outcome: str) -> bool:
+    """Whether a host's outcome is its execution node's loss (not its own failure)."""
+    return outcome.startswith("failed: execution node ") and " lost: " in outcome
+
+
+def run_parts(pool: NodePool, split: Sequence[Part],
+              run: Callable[[NodeSpec | None, list[str]], RunResult], *,
+              again_if_lost: bool = False) -> RunResult:
+    """Runs each part (a node's hosts, or the controller's) at once; one result for all.
+
+    ``again_if_lost`` (for runs safe to repeat, rollbacks above all): the hosts of a node lost
+    during the run are run again on the nodes left (or the controller), until they have a
+    result of their own or no node is left to try.
+    """
+    results = _all(split, run)
+    for _ in range(len(pool.spec.nodes) if again_if_lost else 0):
+        hosts = [h for r in results for h, o in r.hosts.items() if lost(o)]
+        if not hosts:
+            break
+        results += _all(pool.split(hosts), run)
+    return _merged(results)
+
+
+def _all(split: Sequence[Part],
+         run: Callable[[NodeSpec | None, list[str]], RunResult]) -> list[RunResult]:
+    if len(split) == 1:
+        return [run(*split[0])]
+    with ThreadPoolExecutor(max_workers=len(split), thread_name_prefix="exec-node") as pool:
+        return list(pool.map(lambda part: run(*part), split))
+
+
+def _merged(results: Sequence[RunResult]) -> RunResult:
+    """One result; a host run again has its last outcome."""
     from rollout_py.executor import RunResult
 
-    if len(split) == 1:
-        return run(*split[0])
-    with ThreadPoolExecutor(max_workers=len(split), thread_name_prefix="exec-node") as pool:
-        results = list(pool.map(lambda part: run(*part), split))
-    statuses = {r.status for r in results}
+    if len(results) == 1:
+        return results[0]
+    hosts = {h: o for r in results for h, o in r.hosts.items()}
+    previous = {h: v for r in results for h, v in r.previous_versions.items()}
+    last = {h: i for i, r in enumerate(results) for h in r.hosts}
+    statuses = {results[i].status for i in set(last.values())}  # of the runs that count
     status = "successful" if statuses == {"successful"} else \
         "canceled" if "canceled" in statuses else "failed"
-    return RunResult(
-        status=status, rc=max(r.rc for r in results),
-        hosts={h: o for r in results for h, o in r.hosts.items()},
-        previous_versions={h: v for r in results for h, v in r.previous_versions.items()},
-        artifact_dir=results[0].artifact_dir)
+    return RunResult(status=status, rc=0 if status == "successful" else
+                     max(r.rc for r in results) or 1,
+                     hosts=hosts, previous_versions=previous,
+                     artifact_dir=results[0].artifact_dir)
 
 
 def start(pool: NodePool, node: NodeSpec, private: Path,

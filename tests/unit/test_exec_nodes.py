@@ -57,8 +57,10 @@ PLAYBOOK = """\
     - name: Fail on the hosts told to
       ansible.builtin.fail: {msg: "boom on {{ inventory_hostname }}"}
       when: inventory_hostname in (fail_hosts | default([]))
-    - name: Hold on the hosts told to
-      ansible.builtin.shell: "echo $$ > {{ ran_dir }}/hold-{{ inventory_hostname }} && sleep 60"
+    - name: Hold on the hosts told to (once)
+      ansible.builtin.shell: >-
+        [ -e {{ ran_dir }}/hold-{{ inventory_hostname }} ] ||
+        {{ '{' }} echo $$ > {{ ran_dir }}/hold-{{ inventory_hostname }}; sleep 60; {{ '}' }}
       changed_when: false
       when: inventory_hostname in (hold_hosts | default([]))
 """
@@ -161,6 +163,32 @@ def test_a_node_lost_mid_run_fails_its_hosts_and_the_next_run_goes_elsewhere(
     again = ex.run_playbook(playbook, on_b, {}, label="batch1-rollback")
     assert again.ok
     assert {ran_on(tmp_path)[h] for h in on_b} == {"a"}
+
+
+def test_a_rollback_whose_node_is_lost_runs_again_on_the_node_left(
+        fleet: tuple[AnsibleExecutor, NodePool, Path]) -> None:
+    ex, pool, tmp_path = fleet
+    playbook = str(tmp_path / "book" / "upgrade.yml")
+    on_b = [h for n, hs in pool.split(HOSTS) if n and n.name == "b" for h in hs]
+    hold = tmp_path / "ran" / f"hold-{on_b[0]}"
+    import threading
+
+    box: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: box.update(result=ex.run_playbook(
+        playbook, HOSTS, {"hold_hosts": on_b[:1]}, label="batch1-rollback")))
+    runner.start()
+    wait_for(hold.exists)
+    os.kill(int((tmp_path / "relay-b.pid").read_text()), signal.SIGKILL)
+    runner.join(90)
+    assert not runner.is_alive()
+    result = box["result"]
+    from rollout_py.executor import RunResult
+    assert isinstance(result, RunResult)
+    assert result.ok, result.hosts  # b's hosts ran again, on a
+    assert {ran_on(tmp_path)[h] for h in on_b} == {"a"}
+    assert result.previous_versions == {h: f"v-{h}" for h in HOSTS}
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert [r for r in runs if "b@" in r] and [r for r in runs if "a@" in r]
 
 
 def test_cancel_stops_the_run_on_the_node(
