@@ -136,6 +136,12 @@ def traffic_before_probe_json(summary: Summary, events: Sequence[dict[str, Any]]
 def wait_for_playbook(deploy_id: str, timeout: float = 120) -> None:
     """Returns once an ansible-playbook process of the deploy runs (its extra vars name the
     deploy id): the state a test waits for instead of sleeping after ``step_started``."""
+    wait_for_ansible(deploy_id, timeout, what=f"of deploy {deploy_id}")
+
+
+def wait_for_ansible(marker: str, timeout: float = 120, *, what: str = "") -> None:
+    """Returns once an ansible-playbook process whose command line holds ``marker`` runs
+    (lab hosts and execution nodes share this machine's process table)."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -147,10 +153,10 @@ def wait_for_playbook(deploy_id: str, timeout: float = 120) -> None:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"ansible-playbook" in cmdline and deploy_id.encode() in cmdline:
+            if b"ansible-playbook" in cmdline and marker.encode() in cmdline:
                 return
         time.sleep(0.05)
-    raise AssertionError(f"no ansible-playbook of deploy {deploy_id} within {timeout} s")
+    raise AssertionError(f"no ansible-playbook {what or marker} within {timeout} s")
 
 
 def signal_delivered(pid: int, signum: int, timeout: float = 10) -> None:

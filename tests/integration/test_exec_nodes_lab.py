@@ -31,6 +31,7 @@ from tests.integration.deploykit import (
     rollout_cli,
     traffic_before_probe_json,
     versions,
+    wait_for_ansible,
     write_spec,
 )
 
@@ -111,7 +112,8 @@ def test_a_node_killed_mid_batch_rolls_the_batch_back_through_the_other(
              "--json"], cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_for_node_playbook(f"{victim}@batch1-upgrade")
+            # its inventory path on the node names the run: NODE@LABEL
+            wait_for_ansible(f"{victim}@batch1-upgrade")
             wait_for(lambda: all(versions(lab)[h] == "n2" for h in batch1))  # switched
             kill_node(lab, victim)
             out, err = child.communicate(timeout=300)
@@ -138,21 +140,3 @@ def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.1)
-
-
-def wait_for_node_playbook(marker: str, timeout: float = 120) -> None:
-    """Until an ansible-playbook runs for ``marker`` (``NODE@LABEL``: its inventory path on the
-    node names it); the node's processes share this machine's process table."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"ansible-playbook" in cmdline and marker.encode() in cmdline:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"no ansible-playbook for {marker} within {timeout} s")

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from rollout_py.errors import InputError
 from rollout_py.exec_nodes import NodePool
-from rollout_py.executor import AnsibleExecutor
+from rollout_py.executor import AnsibleExecutor, RunResult
 from rollout_py.redact import Redactor
 from rollout_py.spec_executors import ExecutorsSpec, NodeSpec
 
@@ -130,28 +131,30 @@ def test_each_node_runs_its_hosts_and_the_results_come_back(
         assert events, node
 
 
-def test_a_node_lost_mid_run_fails_its_hosts_and_the_next_run_goes_elsewhere(
-        fleet: tuple[AnsibleExecutor, NodePool, Path]) -> None:
-    ex, pool, tmp_path = fleet
-    playbook = str(tmp_path / "book" / "upgrade.yml")
+def drop_b_mid_run(ex: AnsibleExecutor, pool: NodePool, tmp_path: Path,
+                   label: str) -> tuple[RunResult, int, list[str]]:
+    """Runs the playbook on every host, held on one of node b's; drops b's connection (its
+    "ssh" is killed) once the hold runs. Returns the result, the held process, b's hosts."""
     on_b = [h for n, hs in pool.split(HOSTS) if n and n.name == "b" for h in hs]
     hold = tmp_path / "ran" / f"hold-{on_b[0]}"
-    import threading
-
-    box: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: box.update(result=ex.run_playbook(
-        playbook, HOSTS, {"hold_hosts": on_b[:1]}, label="batch1-upgrade")))
+    box: list[RunResult] = []
+    runner = threading.Thread(target=lambda: box.append(ex.run_playbook(
+        str(tmp_path / "book" / "upgrade.yml"), HOSTS, {"hold_hosts": on_b[:1]},
+        label=label)))
     runner.start()
     wait_for(hold.exists)
     held = int(hold.read_text())
-    # The connection to b drops (its "ssh" is killed): the run ends without waiting for b.
     os.kill(int((tmp_path / "relay-b.pid").read_text()), signal.SIGKILL)
-    runner.join(60)
-    assert not runner.is_alive()
-    result = box["result"]
-    from rollout_py.executor import RunResult
-    assert isinstance(result, RunResult)
-    assert result.status == "failed"
+    runner.join(90)
+    assert not runner.is_alive() and box
+    return box[0], held, on_b
+
+
+def test_a_node_lost_mid_run_fails_its_hosts_and_the_next_run_goes_elsewhere(
+        fleet: tuple[AnsibleExecutor, NodePool, Path]) -> None:
+    ex, pool, tmp_path = fleet
+    result, held, on_b = drop_b_mid_run(ex, pool, tmp_path, "batch1-upgrade")
+    assert result.status == "failed"  # the run ended without waiting for b
     for host in on_b:
         assert result.hosts[host].startswith("failed: execution node b lost: its stream ended"), \
             result.hosts[host]
@@ -160,7 +163,8 @@ def test_a_node_lost_mid_run_fails_its_hosts_and_the_next_run_goes_elsewhere(
     # The node's side stops what it ran once its connection is gone.
     wait_for(lambda: not Path(f"/proc/{held}").exists(), timeout=30)
     # The next run (the rollback) goes to the node left, all of it.
-    again = ex.run_playbook(playbook, on_b, {}, label="batch1-rollback")
+    again = ex.run_playbook(str(tmp_path / "book" / "upgrade.yml"), on_b, {},
+                            label="batch1-rollback")
     assert again.ok
     assert {ran_on(tmp_path)[h] for h in on_b} == {"a"}
 
@@ -168,22 +172,7 @@ def test_a_node_lost_mid_run_fails_its_hosts_and_the_next_run_goes_elsewhere(
 def test_a_rollback_whose_node_is_lost_runs_again_on_the_node_left(
         fleet: tuple[AnsibleExecutor, NodePool, Path]) -> None:
     ex, pool, tmp_path = fleet
-    playbook = str(tmp_path / "book" / "upgrade.yml")
-    on_b = [h for n, hs in pool.split(HOSTS) if n and n.name == "b" for h in hs]
-    hold = tmp_path / "ran" / f"hold-{on_b[0]}"
-    import threading
-
-    box: dict[str, object] = {}
-    runner = threading.Thread(target=lambda: box.update(result=ex.run_playbook(
-        playbook, HOSTS, {"hold_hosts": on_b[:1]}, label="batch1-rollback")))
-    runner.start()
-    wait_for(hold.exists)
-    os.kill(int((tmp_path / "relay-b.pid").read_text()), signal.SIGKILL)
-    runner.join(90)
-    assert not runner.is_alive()
-    result = box["result"]
-    from rollout_py.executor import RunResult
-    assert isinstance(result, RunResult)
+    result, _, on_b = drop_b_mid_run(ex, pool, tmp_path, "batch1-rollback")
     assert result.ok, result.hosts  # b's hosts ran again, on a
     assert {ran_on(tmp_path)[h] for h in on_b} == {"a"}
     assert result.previous_versions == {h: f"v-{h}" for h in HOSTS}
