@@ -275,19 +275,26 @@ class AnsibleExecutor:
         ``ssh host true`` per host with the settings Ansible would use (rollout_py.reach: one
         ansible-inventory run for all hosts, then a few ms of CPU per host); hosts it cannot
         represent (another connection, a password, a template) get the Ansible raw round.
+        With execution nodes, the raw round runs on each host's node: the hosts must be
+        reachable from where their Ansible work runs.
         """
         from rollout_py import reach  # reach imports this module
 
-        def ansible_round(subset: Sequence[str]) -> dict[str, str | None]:
-            _, outcomes, _ = self._run("preflight-ssh", subset, None,
+        def ansible_round(subset: Sequence[str],
+                          node: NodeSpec | None = None) -> dict[str, str | None]:
+            _, outcomes, _ = self._run("preflight-ssh", subset, None, node=node,
                                        module="ansible.builtin.raw", module_args="true",
                                        host_pattern="all")
             return {h: None if o == "ok" else o for h, o in outcomes.items()}
 
-        found = reach.reachable(hosts, inventory=self.inventory,
-                                env={**os.environ, **self._envvars()},
-                                overrides={**self.extravars, **self.secret_vars},
-                                fallback=ansible_round, workers=self.forks)
+        parts = executor_remote.parts(self.nodes, hosts) if self.nodes is not None else None
+        if parts is not None:
+            found = executor_remote.each_part(parts, lambda node, sub: ansible_round(sub, node))
+        else:
+            found = reach.reachable(hosts, inventory=self.inventory,
+                                    env={**os.environ, **self._envvars()},
+                                    overrides={**self.extravars, **self.secret_vars},
+                                    fallback=ansible_round, workers=self.forks)
         return {h: None if m is None else self.redactor.text(m) for h, m in found.items()}
 
     def syntax_check(self, playbook: str) -> str | None:

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rollout_py._lifeline import PLUGIN_DIR as LIFELINE_DIR
 from rollout_py._lifeline import lifeline_env
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rollout_py.spec_executors import NodeSpec
 
 Part = tuple["NodeSpec | None", list[str]]
+T = TypeVar("T")
 # Settings of a local run that name the controller's own files or processes.
 _CONTROLLER_ONLY = ("ANSIBLE_CALLBACK_PLUGINS", *lifeline_env({}).keys())
 
@@ -54,6 +55,14 @@ def run_parts(pool: NodePool, split: Sequence[Part],
             break
         results += _all(pool.split(hosts), run)
     return _merged(results)
+
+
+def each_part(split: Sequence[Part],
+              run: Callable[[NodeSpec | None, list[str]], dict[str, T]]) -> dict[str, T]:
+    """Runs each part at once (``run(node, hosts)``); their host -> value maps, merged."""
+    with ThreadPoolExecutor(max_workers=len(split), thread_name_prefix="exec-node") as pool:
+        found = list(pool.map(lambda part: run(*part), split))
+    return {h: v for part in found for h, v in part.items()}
 
 
 def _all(split: Sequence[Part],

@@ -296,3 +296,11 @@ def test_a_host_in_no_group_is_refused_before_anything(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"executors.groups: 1 host\(s\) are in none of the "
                                          r"groups dc1 \(e.g. h2\)"):
         Context.resolve(load_spec(path))
+
+
+def test_preflights_login_check_runs_on_each_hosts_node(
+        fleet: tuple[AnsibleExecutor, NodePool, Path]) -> None:
+    ex, _, tmp_path = fleet
+    assert ex.reachable(HOSTS) == dict.fromkeys(HOSTS)
+    runs = sorted(p.name.split("-", 1)[1] for p in (tmp_path / "runs").iterdir())
+    assert runs == ["a@preflight-ssh", "b@preflight-ssh"]
