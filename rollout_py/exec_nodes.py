@@ -109,18 +109,25 @@ class NodePool:
                 "add their group, or use assign: hash")
 
     def node_for(self, host: str) -> NodeSpec | None:
-        """The host's node among those not lost; None: the controller (or no one)."""
+        """The host's node among those not lost (``assign: group``: its group's node only);
+        None when there is none: the controller, or no one (:meth:`nowhere`)."""
         lost = self.lost
         live = [n for n in self.spec.nodes if n.name not in lost]
         if self.spec.assign == "group":
             wanted = {self.spec.groups[g] for g in self.groups_of(host) if g in self.spec.groups}
-            live = [n for n in live if n.name in wanted] or \
-                ([] if self.spec.fallback == "none" else
-                 [n for n in live if n.name not in wanted])
+            live = [n for n in live if n.name in wanted]
         if not live:
             return None
         # Rendezvous hashing: a lost node's hosts spread over the others; no one else moves.
         return max(live, key=lambda n: hashlib.sha256(f"{n.name}\0{host}".encode()).digest())
+
+    def nowhere(self) -> str | None:
+        """Why hosts without a node (:meth:`node_for` None) cannot run (``fallback: none``);
+        None when the controller runs them."""
+        if self.spec.fallback == "controller":
+            return None
+        lost = "; ".join(f"{n}: {why}" for n, why in sorted(self.lost.items()))
+        return f"failed: no execution node left for it (fallback: none; lost {lost or '-'})"
 
     def split(self, hosts: Sequence[str]) -> list[tuple[NodeSpec | None, list[str]]]:
         """``hosts`` by node, in the nodes' order (None, the controller, last)."""

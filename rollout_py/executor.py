@@ -264,6 +264,9 @@ class AnsibleExecutor:
 
     def run_command(self, host: str, command: str, timeout: float) -> tuple[bool, str]:
         node = self.nodes.node_for(host) if self.nodes is not None else None
+        nowhere = self.nodes.nowhere() if self.nodes is not None and node is None else None
+        if nowhere is not None:
+            return False, nowhere
         _, outcomes, _ = self._run(
             "probe", [host], None, node=node, module="ansible.builtin.shell", module_args=command,
             host_pattern=host, timeout=int(max(1, timeout)) + 5)
@@ -289,7 +292,14 @@ class AnsibleExecutor:
 
         parts = executor_remote.parts(self.nodes, hosts) if self.nodes is not None else None
         if parts is not None:
-            found = executor_remote.each_part(parts, lambda node, sub: ansible_round(sub, node))
+            nowhere = self.nodes.nowhere() if self.nodes is not None else None
+
+            def on_node(node: NodeSpec | None, sub: list[str]) -> dict[str, str | None]:
+                if node is None and nowhere is not None:
+                    return dict.fromkeys(sub, nowhere)
+                return ansible_round(sub, node)
+
+            found = executor_remote.each_part(parts, on_node)
         else:
             found = reach.reachable(hosts, inventory=self.inventory,
                                     env={**os.environ, **self._envvars()},

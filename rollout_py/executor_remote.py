@@ -29,7 +29,7 @@ _CONTROLLER_ONLY = ("ANSIBLE_CALLBACK_PLUGINS", *lifeline_env({}).keys())
 def parts(pool: NodePool, hosts: Sequence[str]) -> list[Part] | None:
     """``hosts`` by node; None when all of them run on the controller."""
     split = pool.split(hosts)
-    if len(split) == 1 and split[0][0] is None:
+    if len(split) == 1 and split[0][0] is None and pool.nowhere() is None:
         return None
     return split
 
@@ -48,18 +48,27 @@ def run_parts(pool: NodePool, split: Sequence[Part],
     during the run are run again on the nodes left (or the controller), until they have a
     result of their own or no node is left to try.
     """
-    results = _all(split, run)
+    def placed(node: NodeSpec | None, hosts: list[str]) -> RunResult:
+        why = pool.nowhere() if node is None else None
+        if why is None:
+            return run(node, hosts)
+        from rollout_py.executor import RunResult
+
+        return RunResult(status="failed", rc=1, hosts=dict.fromkeys(hosts, why))
+
+    results = _all(split, placed)
     for _ in range(len(pool.spec.nodes) if again_if_lost else 0):
         hosts = [h for r in results for h, o in r.hosts.items() if lost(o)]
         if not hosts:
             break
-        results += _all(pool.split(hosts), run)
+        results += _all(pool.split(hosts), placed)
     return _merged(results)
 
 
 def each_part(split: Sequence[Part],
               run: Callable[[NodeSpec | None, list[str]], dict[str, T]]) -> dict[str, T]:
-    """Runs each part at once (``run(node, hosts)``); their host -> value maps, merged."""
+    """Runs each part at once (``run(node, hosts)``); their host -> value maps, merged.
+    (Preflight: with ``fallback: none`` a host without a node fails its node's run there.)"""
     with ThreadPoolExecutor(max_workers=len(split), thread_name_prefix="exec-node") as pool:
         found = list(pool.map(lambda part: run(*part), split))
     return {h: v for part in found for h, v in part.items()}

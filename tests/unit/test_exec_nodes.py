@@ -193,16 +193,31 @@ def test_cancel_stops_the_run_on_the_node(
     wait_for(lambda: not Path(f"/proc/{int(hold.read_text())}").exists(), timeout=30)
 
 
-def test_every_node_lost_falls_back_to_the_controller(tmp_path: Path) -> None:
+def test_hosts_without_a_node_go_to_the_controller_or_nowhere(tmp_path: Path) -> None:
     spec = ExecutorsSpec.model_validate({"nodes": ["ssh://a", "ssh://b"]})
     pool = NodePool(spec, lambda n, c: ["false"])
     for node in spec.nodes:
         pool.lose(node, "gone")
     assert pool.split(["h1", "h2"]) == [(None, ["h1", "h2"])]
-    none = NodePool(ExecutorsSpec.model_validate(
-        {"nodes": ["ssh://a"], "assign": "group", "groups": {"web": "a"}, "fallback": "none"}),
-        lambda n, c: ["false"], groups_of=lambda h: {"web"})
-    assert [(n.name if n else None, hs) for n, hs in none.split(["h1"])] == [("a", ["h1"])]
+    assert pool.nowhere() is None  # fallback: controller
+    # assign: group keeps a host on its group's node; fallback: none runs it nowhere else.
+    strict = NodePool(ExecutorsSpec.model_validate(
+        {"nodes": ["ssh://a", "ssh://b"], "assign": "group", "groups": {"web": "a", "db": "b"},
+         "fallback": "none"}), lambda n, c: ["false"], groups_of=lambda h: {"web"})
+    strict.lose(strict.spec.nodes[0], "gone")
+    assert strict.split(["h1"]) == [(None, ["h1"])]
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text("h1 ansible_connection=local\n")
+    ex = AnsibleExecutor(str(inventory), work_dir=tmp_path / "runs", nodes=strict)
+    try:
+        result = ex.run_playbook(str(tmp_path / "none.yml"), ["h1"], {}, label="batch1-upgrade")
+        assert ex.reachable(["h1"])["h1"] == ex.run_command("h1", "true", 5)[1]
+    finally:
+        ex.close()
+    assert result.status == "failed"
+    assert result.hosts == {"h1": "failed: no execution node left for it (fallback: none; "
+                                  "lost a: gone)"}
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
 
 
 def test_hashing_moves_only_a_lost_nodes_hosts() -> None:
