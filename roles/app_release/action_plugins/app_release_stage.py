@@ -1,0 +1,65 @@
+"""Action plugin of the role's ``app_release_stage`` module: transfers the release archive only
+to the hosts that need it.
+
+One module run on a host whose release is already staged (or current); on one that needs it,
+the check that the artifact exists on the controller, its transfer into the remote tmp dir and
+a second module run that unpacks it (and prunes). In check mode the first run says everything
+(what it would unpack and remove); nothing is transferred.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
+
+MODULE = "ansible.legacy.app_release_stage"
+
+
+class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type information
+    # The remote tmp dir is made only when the artifact goes over (not before every run).
+    TRANSFERS_FILES = False
+
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = super().run(tmp, task_vars)
+        del tmp  # no longer has any effect
+        args = dict(self._task.args)
+        artifact = args.pop("artifact", None)
+        if "src" in args:
+            raise AnsibleError("app_release_stage: give the controller's archive as artifact, "
+                               "not src (the action plugin sets src to the transferred copy)")
+
+        inspected = self._execute_module(module_name=MODULE, module_args=args,
+                                         task_vars=task_vars)
+        result.update(inspected)
+        if inspected.get("failed") or not inspected.get("needs_artifact"):
+            return result
+
+        if not isinstance(artifact, str) or not os.path.isfile(artifact):
+            result.update(failed=True, changed=False,
+                          msg=f"artifact {json.dumps(artifact)} not found on the controller")
+            return result
+        if self._task.check_mode:
+            # Shown like a debug message (the old role's "would unpack" task did that).
+            result.update(msg=f"would unpack {artifact} into {args.get('release')}",
+                          _ansible_verbose_always=True)
+            return result
+
+        local = self._loader.get_real_file(os.path.abspath(artifact))  # decrypts a vaulted one
+        try:
+            tmpdir = self._connection._shell.tmpdir or self._make_tmp_path()
+            remote = self._connection._shell.join_path(tmpdir, "artifact")
+            self._transfer_file(local, remote)
+            # readable when becoming an unprivileged user
+            self._fixup_perms2((tmpdir, remote), execute=False)
+            staged = self._execute_module(module_name=MODULE,
+                                          module_args={**args, "src": remote},
+                                          task_vars=task_vars)
+        finally:
+            self._loader.cleanup_tmp_file(local)
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        result.update(staged)
+        return result
