@@ -7,6 +7,7 @@ from rollout_py.lab import exec_nodes, flagfiles, pools, shaping
 from rollout_py.lab.haproxy import BACKEND
 from rollout_py.lab.layout import APP_PORT, Layout
 from rollout_py.resources import playbook, roles_path
+from rollout_py.schema_spec import modeline
 
 
 def inventory(layout: Layout) -> str:
@@ -84,7 +85,8 @@ def rollout_spec(layout: Layout) -> str:
     group, backend = ("app", BACKEND) if not layout.pools else \
         (layout.pools[0].name, layout.pools[0].backend)
     sockets = "\n".join(f"    - {lb.socket_url}" for lb in layout.lbs)
-    return f"""# A rollout spec for this lab, written by `rollout lab up`.
+    return f"""{modeline()}
+# A rollout spec for this lab, written by `rollout lab up`.
 name: lab
 inventory: inventory.ini
 hosts: {group}
@@ -116,6 +118,14 @@ haproxy:
 {flagfiles.spec_yaml(layout)}{exec_nodes.spec_section(layout)}"""
 
 
+def _body(spec: str) -> str:
+    """A spec's text without its header comments (the schema line and what the file is)."""
+    lines = spec.split("\n")
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "\n".join(lines)
+
+
 def canary_5xx_query(backend: str) -> str:
     """HAProxy's exporter (2.6): per-server responses by class, proxy = the backend."""
     responses = f'haproxy_server_http_responses_total{{proxy="{backend}",server=~"$canary"'
@@ -129,14 +139,15 @@ CANARY_5XX_QUERY = canary_5xx_query(BACKEND)
 def canary_spec(layout: Layout) -> str:
     """rollout.yml's spec as a canary: one host, 10 % then 50 % of the traffic, each judged for
     20 s; with the lab's Prometheus, a PromQL gate on the canary's 5xx share too."""
-    rolling = rollout_spec(layout).split("\n", 1)[1]
+    rolling = _body(rollout_spec(layout))
     backend = layout.pools[0].backend if layout.pools else BACKEND
     gate = "" if layout.prometheus_url is None else (
         f"    - prometheus:\n"
         f"        url: {layout.prometheus_url}\n"
         f"        query: '{canary_5xx_query(backend)}'\n"
         f"        max: 0.01\n")
-    return f"""# A canary rollout spec for this lab, written by `rollout lab up`.
+    return f"""{modeline()}
+# A canary rollout spec for this lab, written by `rollout lab up`.
 {rolling}strategy: canary
 canary:
   hosts: 1
@@ -169,7 +180,7 @@ def bluegreen_spec(layout: Layout, rolling: str) -> str:
     analysis of 20 s against the old pool's windows before the switch."""
     keep = []
     skip = False
-    for line in rolling.split("\n")[1:]:
+    for line in _body(rolling).split("\n"):
         top = line.split(":", 1)[0]
         if line and not line.startswith((" ", "#")):
             skip = top in ("hosts", "batches", "max_unavailable", "stage", "name")
@@ -181,7 +192,8 @@ def bluegreen_spec(layout: Layout, rolling: str) -> str:
                        f"      body: \"{{{{ rollout_version }}}}\"\n"
                        f"      requests: 20\n" for lb in layout.lbs)
     body = "\n".join(keep).rstrip("\n")
-    return f"""# A blue/green rollout spec for this lab, written by `rollout lab up --pools 2`.
+    return f"""{modeline()}
+# A blue/green rollout spec for this lab, written by `rollout lab up --pools 2`.
 name: lab
 hosts: app
 {body}
