@@ -16,6 +16,16 @@ import rollout_py
 from rollout_py import events as ev
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS since its exec (VmHWM). ``ru_maxrss`` is not: Linux keeps the
+    parent's peak from before the fork, so a benchmark holding much memory would be counted."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def main() -> None:
     spec_path, version = sys.argv[1], sys.argv[2]
     spec = rollout_py.load_spec(spec_path)
@@ -31,7 +41,7 @@ def main() -> None:
     print(json.dumps({
         "status": result.status, "wall": wall,
         "self_cpu": me.ru_utime + me.ru_stime, "children_cpu": kids.ru_utime + kids.ru_stime,
-        "self_maxrss_mb": me.ru_maxrss / 1024, "children_maxrss_mb": kids.ru_maxrss / 1024,
+        "self_maxrss_mb": peak_rss_mb(), "children_maxrss_mb": kids.ru_maxrss / 1024,
         "events": [e.to_json() for e in seen],
     }))
 

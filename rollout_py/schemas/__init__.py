@@ -1,1 +1,1 @@
-"""JSON Schemas of rollout_py's machine-readable outputs (status, history)."""
+"""JSON Schemas of rollout_py's machine-readable outputs (status, history) and of its input, rollout.yml."""
