@@ -1,1 +1,2 @@
-"""JSON Schemas of rollout_py's machine-readable outputs (status, history) and of its input, rollout.yml."""
+"""JSON Schemas of rollout_py's machine-readable outputs (status, history) and of its input,
+rollout.yml."""
