@@ -82,9 +82,10 @@ class HAProxyFleet:
         return snap
 
     def set_state(self, servers: Sequence[str], state: SetState) -> None:
+        """Every server to ``state`` on every LB: a round trip per LB (and per 64 servers),
+        not per server."""
         for api in self.apis:
-            for server in servers:
-                api.set_state(self.backend, server, state)
+            api.set_many(self.backend, [(server, f"state {state}") for server in servers])
 
     def sessions(self, servers: Sequence[str]) -> dict[str, int]:
         """Current sessions per server, summed over every LB."""
@@ -136,13 +137,15 @@ class HAProxyFleet:
         """Puts each server back to its recorded weight and admin state, on every LB."""
         errors: list[BalancerError] = []
         for api in self.apis:
+            changes = []
             for server in servers:
                 rec = snapshot[api.url][server]
-                try:
-                    api.set_weight(self.backend, server, rec.weight)
-                    api.set_state(self.backend, server, set_state_of(rec.admin))
-                except BalancerError as exc:
-                    errors.append(exc)
+                changes += [(server, f"weight {rec.weight}"),
+                            (server, f"state {set_state_of(rec.admin)}")]
+            try:
+                api.set_many(self.backend, changes)
+            except BalancerError as exc:
+                errors.append(exc)
         if errors:
             text = "; ".join(dict.fromkeys(str(e) for e in errors))
             # An LB that does not answer is not the same failure as one that refuses.

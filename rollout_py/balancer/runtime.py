@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from rollout_py.balancer.transports import Transport
-from rollout_py.errors import BalancerError, UnsafeNameError
+from rollout_py.errors import BalancerError, BalancerUnreachable, UnsafeNameError
 
 # HAProxy accepts letters, digits, '-', '_', '.' and ':' in proxy and server names
 # (src/tools.c invalid_char). Anything else, above all ';' and newlines, could end the command
@@ -27,6 +28,11 @@ OP_STATES = {0: "STOPPED", 1: "STARTING", 2: "RUNNING", 3: "STOPPING"}
 AdminState = Literal["READY", "DRAIN", "MAINT"]
 SetState = Literal["ready", "drain", "maint"]
 
+
+# Several state changes go on one CLI line, separated by "; " (HAProxy runs each): at most
+# this many, well inside the CLI's line buffer (tune.bufsize, 16 kB by default).
+_PER_LINE = 64
+_CHANGE = re.compile(r"state (ready|drain|maint)|weight (25[0-6]|2[0-4]\d|1?\d?\d)")
 
 def set_state_of(admin: AdminState) -> SetState:
     """The ``set server ... state`` word that puts a server back in ``admin``."""
@@ -260,6 +266,33 @@ class RuntimeAPI:
         validate_name("backend", backend)
         validate_name("server", server)
         self._expect_empty(f"shutdown sessions server {backend}/{server}")
+
+    def set_many(self, backend: str, changes: Sequence[tuple[str, str]]) -> None:
+        """Several ``set server`` changes (server, "state maint" / "weight 10") in as few round
+        trips as the CLI's line allows ("a; b; c", up to 64 a line); each is validated alone.
+        An answer that is not empty (some change refused) is followed by each change of that
+        line alone, so the error names the ones refused (a change sent again is a no-op); every
+        line is tried, then one BalancerError lists every refusal."""
+        validate_name("backend", backend)
+        commands = []
+        for server, what in changes:
+            validate_name("server", server)
+            if not _CHANGE.fullmatch(what):
+                raise ValueError(f"not a server change: {what!r}")
+            commands.append(f"set server {backend}/{server} {what}")
+        refused: list[str] = []
+        for start in range(0, len(commands), _PER_LINE):
+            line = commands[start:start + _PER_LINE]
+            if len(line) == 1 or self.transport.send("; ".join(line)).strip():
+                for command in line:
+                    try:
+                        self._expect_empty(command)
+                    except BalancerUnreachable:
+                        raise
+                    except BalancerError as exc:
+                        refused.append(str(exc))
+        if refused:
+            raise BalancerError("; ".join(refused))
 
     def _set(self, backend: str, server: str, what: str) -> None:
         validate_name("backend", backend)

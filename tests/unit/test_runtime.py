@@ -87,3 +87,38 @@ def test_unix_socket_that_does_not_exist_is_a_balancer_error(tmp_path) -> None: 
     api = RuntimeAPI(open_transport(f"unix://{tmp_path}/missing.sock"))
     with pytest.raises(BalancerError, match=r"missing\.sock"):
         api.servers_state("app")
+
+
+def test_many_changes_go_on_one_line_each_validated() -> None:
+    fake = FakeTransport({})
+    servers = [f"app{i:03d}" for i in range(130)]
+    RuntimeAPI(fake).set_many("app", [(s, "state maint") for s in servers])
+    assert [len(line.split("; ")) for line in fake.sent] == [64, 64, 2]
+    assert fake.sent[0].startswith("set server app/app000 state maint; set server app/app001 ")
+    assert [c for line in fake.sent for c in line.split("; ")] == \
+        [f"set server app/{s} state maint" for s in servers]
+
+
+@pytest.mark.parametrize(("server", "what"), [
+    ("app01;shutdown sessions server app/app02", "state maint"),
+    ("app01", "state maint; shutdown sessions server app/app02"),
+    ("app01", "state up"), ("app01", "weight 257"), ("app01", "weight -1"),
+])
+def test_a_bad_change_in_many_sends_nothing(server: str, what: str) -> None:
+    fake = FakeTransport({})
+    with pytest.raises((UnsafeNameError, ValueError)):
+        RuntimeAPI(fake).set_many("app", [("app00", "weight 256"), (server, what)])
+    assert fake.sent == []
+
+
+def test_a_refused_change_in_a_line_is_named_and_the_rest_still_applied() -> None:
+    line = ("set server app/a state ready; set server app/nope state ready; "
+            "set server app/b weight 10")
+    fake = FakeTransport({line: "No such server.\n",
+                          "set server app/nope state ready": "No such server.\n"})
+    with pytest.raises(BalancerError, match=r"app/nope state ready.*No such server"):
+        RuntimeAPI(fake).set_many("app", [("a", "state ready"), ("nope", "state ready"),
+                                          ("b", "weight 10")])
+    # The line, then each change alone: the one refused is named, the others sent again.
+    assert fake.sent == [line, "set server app/a state ready",
+                         "set server app/nope state ready", "set server app/b weight 10"]
