@@ -211,6 +211,9 @@ class Run:
             inventory=str(tmp_path / "inventory.ini"), tags=tags,
             cmdline="--check --diff" if check else None, quiet=True,
             suppress_env_files=True,
+            # Given a cancel callback, ansible-runner installs no SIGINT/SIGTERM handlers of
+            # its own in this process (they would outlive the test).
+            cancel_callback=lambda: False,
             extravars={"version": version, "artifact_dir": str(tmp_path / "artifacts")},
             envvars={"ANSIBLE_ROLES_PATH": str(REPO / "roles")})
         self.rc = result.rc
