@@ -32,7 +32,11 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
             raise AnsibleError("app_release_stage: give the controller's archive as artifact, "
                                "not src (the action plugin sets src to the transferred copy)")
 
-        inspected = self._execute_module(module_name=MODULE, module_args=args,
+        # The module of the same name as resolved for this task: ansible.legacy.* from the
+        # role's library/ (the role used from a roles path), rollout.fleet.* when the role runs
+        # from the collection (a collection's roles have no library/ of their own).
+        module = self._task.resolved_action or MODULE
+        inspected = self._execute_module(module_name=module, module_args=args,
                                          task_vars=task_vars)
         result.update(inspected)
         if inspected.get("failed") or not inspected.get("needs_artifact"):
@@ -55,7 +59,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
             self._transfer_file(local, remote)
             # readable when becoming an unprivileged user
             self._fixup_perms2((tmpdir, remote), execute=False)
-            staged = self._execute_module(module_name=MODULE,
+            staged = self._execute_module(module_name=module,
                                           module_args={**args, "src": remote},
                                           task_vars=task_vars)
         finally:

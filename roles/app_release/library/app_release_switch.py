@@ -11,7 +11,7 @@ description:
     (its marker file missing) unless current already points at it, points current at the
     release atomically (a new symlink renamed over the old one) and, when the link changed or
     I(force_restart) is set, runs I(restart_command).
-  - One module run for the whole switch: the time a host spends out of rotation is the switch
+  - One module run for the whole switch, so the time a host spends out of rotation is the switch
     and the restart, not several round trips.
   - Supports check mode (reports what would change, the link's as a diff; nothing is run).
 options:

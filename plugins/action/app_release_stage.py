@@ -1,0 +1,1 @@
+../../roles/app_release/action_plugins/app_release_stage.py

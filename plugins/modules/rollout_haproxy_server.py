@@ -1,0 +1,1 @@
+../../roles/haproxy_server/library/rollout_haproxy_server.py
