@@ -1,4 +1,6 @@
-"""Runs the molecule scenario of the app_release role (a one-host lab; needs root)."""
+"""Runs the molecule scenarios of the roles (each a one-host lab; needs root): default
+(app_release: a release, a second one, the rollback) and haproxy_server (against the lab's
+HAProxy: maint and weight, idempotence, drain, check mode, ready)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.molecule
 @pytest.mark.integration
-def test_molecule_default_scenario() -> None:
+@pytest.mark.parametrize("scenario", ["default", "haproxy_server"])
+def test_molecule_scenario(scenario: str) -> None:
     if os.geteuid() != 0:
         pytest.fail("the molecule scenario brings up a lab host: run the tests as root")
     # molecule runs ansible-config, ansible-playbook and pytest from PATH: use this venv's.
@@ -27,7 +30,7 @@ def test_molecule_default_scenario() -> None:
     if molecule is None:
         pytest.fail("molecule is not installed: install the test extra (pip install -e .[test])")
     proc = subprocess.run(
-        [molecule, "test"],
+        [molecule, "test", "-s", scenario],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -34,3 +34,8 @@ def test_app_serves_version(host):
         time.sleep(0.5)
     assert result.rc == 0, result.stderr
     assert result.stdout.strip() == "2.0"
+
+
+def test_second_release_stays_installed_after_the_rollback(host):
+    assert host.file("/srv/app/releases/3.0/app.py").is_file
+    assert host.file("/srv/app/releases/3.0/.app_release_complete").is_file
