@@ -223,8 +223,10 @@ def test_a_failing_expand_exits_1_before_any_drain_and_changes_nothing(fleet: Fl
 def test_expand_then_a_failure_in_batch_2_rolls_every_host_back_onto_the_new_schema(
         fleet: Fleet) -> None:
     lab = fleet.lab
+    # The pause keeps app01 in rotation on 2.1 for 2 s before batch 2 fails, so the load sees
+    # it serve 2.1 however loaded the machine is (the batches alone take well under a second).
     path = spec(fleet, "rollout-2.1.yml", playbook=str(FAIL_PLAYBOOK), vars={"fail_batch": 2},
-                on_failure="rollback_all")
+                on_failure="rollback_all", pause_between_batches=2)
     with writes(fleet, "t2-") as load:
         proc = deploy(path, "2.1")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr
