@@ -19,7 +19,7 @@ import click
 import yaml
 
 from rollout_py import __version__
-from rollout_py.cli_output import json_refusals
+from rollout_py.cli_output import json_refusals, live_option
 from rollout_py.cli_output import run_with_outputs as _run
 from rollout_py.errors import InputError, LabPrerequisiteError, LockHeldError, RolloutError
 
@@ -166,7 +166,7 @@ def plan(spec_file: Path, version: str, inventory: str | None, limit: str | None
 
 def _unattended(fn: Any) -> Any:
     """Options shared by the commands that change the fleet (deploy, resume, rollback)."""
-    fn = json_refusals(fn, refused=EXIT_INPUT, locked=EXIT_LOCKED)
+    fn = live_option(json_refusals(fn, refused=EXIT_INPUT, locked=EXIT_LOCKED))
     for option in reversed([
         click.option("-e", "--extra-vars", "extra", multiple=True,
                      help="Extra variables: key=value, @file.yml, or a YAML/JSON mapping."),

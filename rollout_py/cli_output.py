@@ -3,6 +3,7 @@ sinks, the final result (also for a refusal, with ``--json``), the log and metri
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import json
 import sys
@@ -49,6 +50,27 @@ def json_refusals(fn: Any, *, refused: int, locked: int) -> Any:
     return wrapper
 
 
+# Set by live_option while a command runs: may it show the live view, and its spec file.
+_LIVE: contextvars.ContextVar[tuple[bool, Path | None]] = contextvars.ContextVar(
+    "rollout_live", default=(False, None))
+
+
+def live_option(fn: Any) -> Any:
+    """Adds ``--no-live`` to a command that changes the fleet: without it, on a terminal (and
+    without ``--json``), run_with_outputs shows the live view (rollout_py.live_sink)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _LIVE.set((not kwargs.pop("no_live", False), kwargs.get("spec_file")))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _LIVE.reset(token)
+
+    return click.option("--no-live", is_flag=True,
+                        help="Plain progress lines also on a terminal (no live table).")(wrapper)
+
+
 def run_with_outputs(action: Any, *, as_json: bool, log_file: Path | None,
                      metrics_file: Path | None, verbose: int, state_root: Path) -> int:
     """Runs a deploy-like action with the console/JSON/log sinks; reports; writes metrics.
@@ -57,14 +79,28 @@ def run_with_outputs(action: Any, *, as_json: bool, log_file: Path | None,
     from rollout_py.report import console_sink, found_out, json_sink, result_json, result_lines
     from rollout_py.state import read_journal
 
-    sinks = [json_sink(sys.stdout) if as_json else console_sink(sys.stdout, verbose=verbose > 0)]
+    live_wanted, spec_file = _LIVE.get()
+    live = None
+    if live_wanted and not as_json:
+        from rollout_py.live_sink import live_sink
+
+        live = live_sink(sys.stdout, verbose=verbose > 0, spec_file=spec_file,
+                         state_root=state_root)
+    sinks = [json_sink(sys.stdout) if as_json else
+             live or console_sink(sys.stdout, verbose=verbose > 0)]
     log = None
     if log_file is not None:
         log = open(log_file, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
         sinks.append(console_sink(log, verbose=True, wall_clock=True))
     started = time.time()
     try:
-        result = action(sinks)
+        if live is not None:
+            live.start()
+        try:
+            result = action(sinks)
+        finally:
+            if live is not None:
+                live.stop()
         for webhook, delivery in undelivered(result.deploy_id, state_root).items():
             click.echo(f"rollout: warning: webhook {webhook}: {delivery}", err=True)
         try:  # the journal has every batch, also those a resumed deploy ran before

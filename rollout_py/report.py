@@ -203,15 +203,24 @@ def console_sink(out: IO[str], verbose: bool = False,
     start = time.monotonic()
 
     def sink(e: ev.Event) -> None:
-        line = _console_line(e)
-        if line is None or (not verbose and isinstance(e, ev.ProbePassed)):
-            return
-        stamp = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.ts)) if wall_clock
-                 else f"{time.monotonic() - start:7.1f}s")
-        out.write(f"{stamp}  {line}\n")
-        out.flush()
+        line = progress_line(e, start, verbose=verbose, wall_clock=wall_clock)
+        if line is not None:
+            out.write(line + "\n")
+            out.flush()
 
     return sink
+
+
+def progress_line(e: ev.Event, start: float, *, verbose: bool = False,
+                  wall_clock: bool = False) -> str | None:
+    """The console's line for ``e`` (None: not shown), stamped with the seconds since
+    ``start`` (time.monotonic) or, with ``wall_clock``, the event's UTC time."""
+    line = _console_line(e)
+    if line is None or (not verbose and isinstance(e, ev.ProbePassed)):
+        return None
+    stamp = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.ts)) if wall_clock
+             else f"{time.monotonic() - start:7.1f}s")
+    return f"{stamp}  {line}"
 
 
 def _when(ts: float | None) -> str:
