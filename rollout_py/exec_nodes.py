@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shlex
 import shutil
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout_py.errors import InputError
+from rollout_py.runner_files import write_private_json
 from rollout_py.spec_executors import ExecutorsSpec, NodeSpec
 
 Handler = Callable[[dict[str, Any]], bool]
@@ -172,26 +172,24 @@ class NodePool:
         with self._lock:
             self._used.add(node.name)
         stderr = private / "node-stderr.txt"
-        with open(stderr, "wb") as err, _secrets_in(private, secrets) as secret_file:
-            if secret_file:
-                kwargs = {**kwargs, "cmdline": f"-e @{remote}/env/{secret_file}"}
+        with open(stderr, "wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=err, start_new_session=True)
             assert proc.stdin is not None and proc.stdout is not None
             done = threading.Event()
-            try:
-                # A cancel_callback given, ansible-runner installs no signal handlers of its
-                # own (it would take SIGINT/SIGTERM from the controller's engine).
-                ansible_runner.run(streamer="transmit", _output=proc.stdin,
-                                   private_data_dir=str(private), cancel_callback=_never,
-                                   **kwargs)
-                proc.stdin.flush()
-            except (OSError, ValueError):
-                pass  # the node went away while it was sent: the stream below says so
-            finally:
-                if secret_file:  # it exists only in the stream now
-                    with contextlib.suppress(OSError):
-                        os.remove(private / "env" / secret_file)
+            # The secrets' file exists while the run is transmitted, then only in the stream.
+            with _secrets_in(private, secrets) as secret_file:
+                if secret_file:
+                    kwargs = {**kwargs, "cmdline": f"-e @{remote}/env/{secret_file}"}
+                try:
+                    # A cancel_callback given, ansible-runner installs no signal handlers of
+                    # its own (it would take SIGINT/SIGTERM from the controller's engine).
+                    ansible_runner.run(streamer="transmit", _output=proc.stdin,
+                                       private_data_dir=str(private), cancel_callback=_never,
+                                       **kwargs)
+                    proc.stdin.flush()
+                except (OSError, ValueError):
+                    pass  # the node went away while it was sent: the stream below says so
             watcher = threading.Thread(target=_watch_cancel, args=(proc, cancel, done),
                                        daemon=True)
             watcher.start()
@@ -258,9 +256,7 @@ def _secrets_in(private: Path, secrets: Mapping[str, Any]) -> Iterator[str | Non
     name = "rollout-secrets.json"
     path = private / "env" / name
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(dict(secrets), fh)
+    write_private_json(path, secrets)
     try:
         yield name
     finally:

@@ -69,13 +69,11 @@ def each_part(split: Sequence[Part],
               run: Callable[[NodeSpec | None, list[str]], dict[str, T]]) -> dict[str, T]:
     """Runs each part at once (``run(node, hosts)``); their host -> value maps, merged.
     (Preflight: with ``fallback: none`` a host without a node fails its node's run there.)"""
-    with ThreadPoolExecutor(max_workers=len(split), thread_name_prefix="exec-node") as pool:
-        found = list(pool.map(lambda part: run(*part), split))
-    return {h: v for part in found for h, v in part.items()}
+    return {h: v for part in _all(split, run) for h, v in part.items()}
 
 
-def _all(split: Sequence[Part],
-         run: Callable[[NodeSpec | None, list[str]], RunResult]) -> list[RunResult]:
+def _all(split: Sequence[Part], run: Callable[[NodeSpec | None, list[str]], T]) -> list[T]:
+    """``run(node, hosts)`` of each part, side by side (a single part in this thread)."""
     if len(split) == 1:
         return [run(*split[0])]
     with ThreadPoolExecutor(max_workers=len(split), thread_name_prefix="exec-node") as pool:

@@ -23,12 +23,17 @@ def secrets_file(secret_vars: Mapping[str, Any]) -> Iterator[str | None]:
     tmp = tempfile.mkdtemp(prefix="rollout-secrets-")
     path = os.path.join(tmp, "vars.json")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dict(secret_vars), fh)
+        write_private_json(Path(path), secret_vars)
         yield f"-e @{path}"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_private_json(path: Path, data: Mapping[str, Any]) -> None:
+    """``data`` as JSON in a new file only its owner can read (0600 from the start)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(dict(data), fh)
 
 
 def runner_settings(private: Path) -> dict[str, Any]:
