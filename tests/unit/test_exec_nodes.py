@@ -124,6 +124,7 @@ def test_each_node_runs_its_hosts_and_the_results_come_back(
     assert all((tmp_path / "ran" / h).read_text().split()[1] == "s3cret-value" for h in HOSTS)
     kept = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
     assert kept and not [p for p in kept if b"s3cret-value" in p.read_bytes()]
+    assert not [p for p in kept if p.name == "rollout-secrets.json"]  # gone, not just scrubbed
     # Each node's events are kept as a local run's are, per node.
     for node in ("a", "b"):
         events = list((tmp_path / "runs").glob(f"*-{node}@batch1-upgrade/artifacts/{node}/"
