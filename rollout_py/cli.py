@@ -43,6 +43,8 @@ LAZY_COMMANDS = {
              "Feature flags in flagd's format: check a file; list, set, ramp, kill on the fleet."),
     "contract": ("rollout_py.cli_phases", "contract",
                  "Run the spec's contract phase, refused while a host may run an older version."),
+    "report": ("rollout_py.cli_report", "report",
+               "A deploy's report: timelines, steps, analysis, rollbacks (HTML, JSON, text)."),
     "schema": ("rollout_py.cli_schema", "schema",
                "Print the JSON Schema of rollout.yml (for editors and CI checks)."),
 }

@@ -7,10 +7,15 @@ import sys
 from pathlib import Path
 
 import rollout_py
+from rollout_py.atomic import write_atomic
 from rollout_py.errors import RolloutError
 from rollout_py.lab import artifact, lab
 from rollout_py.lab.load import LoadGenerator
+from rollout_py.lab.watch import Watcher
 from rollout_py.report import console_sink, result_lines
+from rollout_py.report_data import record_report
+from rollout_py.report_html import render
+from rollout_py.state import StateDir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,15 +34,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== rolling 1.0 -> 2.0 across {args.hosts} hosts, two HAProxy LBs, "
               f"while {args.rps:g} requests/s go through {front}")
         load = LoadGenerator(front, rps=args.rps, duration=3600).start()
+        watcher = Watcher.for_lab(layout).start()
         try:
             result = rollout_py.deploy(spec, version="2.0",
                                        sinks=[console_sink(sys.stdout, verbose=True)])
         finally:
+            watched = watcher.stop()
             summary = load.stop()
         print("\n".join(result_lines(result)))
         print(f"\n{summary.sent} requests, {summary.failed} failed "
               f"(p50 {summary.p50_ms:.1f} ms, p99 {summary.p99_ms:.1f} ms); served by version: "
               + ", ".join(f"{v} {n}" for v, n in summary.by_version.items()))
+        records, page = args.dir / "watch.jsonl", args.dir / "report.html"
+        watched.write_records(records)
+        record = StateDir(spec.state_path()).get(result.deploy_id)
+        write_atomic(page, render(record_report(record, watch=records)))
+        print(f"\nthe deploy's report (open it in a browser): {page.absolute()}")
         print("\n== lab state")
         for host in lab.status(args.dir)["hosts"]:
             print(f"{host['name']}  {host['address']}  version {host['version']}")
@@ -45,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  .venv/bin/rollout lab status --dir {args.dir}\n"
               f"  .venv/bin/rollout lab artifact 3.0 --dir {args.dir}\n"
               f"  .venv/bin/rollout deploy -f {args.dir}/rollout.yml --version 3.0\n"
+              f"  .venv/bin/rollout report -f {args.dir}/rollout.yml --html report.html\n"
               f"  .venv/bin/rollout lab down --dir {args.dir}")
         return 0 if result.status == "succeeded" and summary.failed == 0 else 1
     except RolloutError as exc:

@@ -251,6 +251,10 @@ def apply(state: LiveState, e: ev.Event) -> LiveState:
         case ev.RollbackStarted():
             touched = [n for n in s.batch_hosts.get(e.batch, e.hosts)
                        if s.hosts.get(n, HostView(n)).state != WAITING]
+            # A host back in rotation is drained first (rollout_py.undo), then MAINT.
+            serving = [n for n in touched if (v := s.hosts.get(n)) is not None and v.lbs
+                       and not any(c in ("DRAIN", "MAINT") for c in v.lbs.values())]
+            s = dataclasses.replace(s, hosts=_set_lbs(s, serving, lambda h, lb: "DRAIN"))
             return dataclasses.replace(s, step=f"rollback of batch {e.batch}",
                                        hosts=_hosts(s, touched or e.hosts, state=ROLLING_BACK))
         case ev.RollbackFinished():
@@ -261,6 +265,8 @@ def apply(state: LiveState, e: ev.Event) -> LiveState:
             s = dataclasses.replace(s, hosts=hosts)
             hosts = _hosts(s, back, state=ROLLED_BACK)
             s = dataclasses.replace(s, hosts=hosts)
+            s = dataclasses.replace(s, hosts=_set_lbs(s, [n for n in stranded if n in s.hosts],
+                                                      lambda h, lb: "MAINT"))
             return dataclasses.replace(s, hosts=_hosts(s, stranded, state=STRANDED),
                                        step="rolled back" if e.ok else "ROLLBACK INCOMPLETE")
         case ev.ForeignChange() | ev.DriftCorrected():

@@ -90,7 +90,7 @@ def _shaped_lines(plan: Plan, step: SetWeight,
     return out
 
 
-def _console_line(e: ev.Event) -> str | None:
+def console_line(e: ev.Event) -> str | None:
     b = f"[batch {getattr(e, 'batch', '')}]"
     match e:
         case ev.DeployStarted():
@@ -215,7 +215,7 @@ def progress_line(e: ev.Event, start: float, *, verbose: bool = False,
                   wall_clock: bool = False) -> str | None:
     """The console's line for ``e`` (None: not shown), stamped with the seconds since
     ``start`` (time.monotonic) or, with ``wall_clock``, the event's UTC time."""
-    line = _console_line(e)
+    line = console_line(e)
     if line is None or (not verbose and isinstance(e, ev.ProbePassed)):
         return None
     stamp = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.ts)) if wall_clock

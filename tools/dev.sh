@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=$ROOT/.venv
 APT_PACKAGES=(haproxy prometheus postgresql openssh-server openssh-client iproute2 socat
-              util-linux procps python3 python3-venv python3-pip)
+              util-linux procps python3 python3-venv python3-pip
+              # the report's tests open it in a headless browser
+              chromium-headless-shell fonts-dejavu-core)
 
 need_root() {
     if [ "$(id -u)" != 0 ]; then

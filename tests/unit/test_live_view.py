@@ -131,6 +131,25 @@ def test_a_failed_batch_and_its_rollback() -> None:
     assert lv.header(state, now=999.0).endswith("elapsed 26 s | rolled_back")
 
 
+@pytest.mark.parametrize(("stranded", "after"), [
+    ((), (lv.ROLLED_BACK, "READY 1", "READY 3")),
+    (("s1",), (lv.STRANDED, "MAINT", "MAINT")),
+])
+def test_the_rollback_of_a_batch_back_in_rotation_takes_it_out_first(
+        stranded: tuple[str, ...], after: tuple[str, ...]) -> None:
+    """Batch 1 was enabled (a canary judged in rotation): its rollback drains it first
+    (rollout_py.undo), so its cells say DRAIN from RollbackStarted on; a host the rollback
+    strands is left in MAINT."""
+    events = [*recorded_batch()[:14],
+              ev.RollbackStarted(deploy_id=ID, seq=15, ts=130.0, batch=1, hosts=("web1",),
+                                 cause="analysis failed")]
+    state = lv.fold(events)
+    assert by_host(state)["web1"][1:4] == (lv.ROLLING_BACK, "DRAIN", "DRAIN")
+    state = lv.apply(state, ev.RollbackFinished(deploy_id=ID, seq=16, ts=135.0, batch=1,
+                                                ok=not stranded, stranded=stranded))
+    assert by_host(state)["web1"][1:4] == after
+
+
 def test_analysis_windows_and_weights_show() -> None:
     events = [
         *recorded_batch()[:14],
