@@ -28,7 +28,7 @@ from rollout_py.spec_flags import FlagsSpec
 from rollout_py.spec_phases import PhasesSpec
 from rollout_py.spec_pools import BlueGreenSpec
 from rollout_py.spec_shaping import ShapingSpec
-from rollout_py.spec_types import BackendName, HttpUrl
+from rollout_py.spec_types import BackendName, HttpUrl, yaml_on_key
 from rollout_py.specload import Loaded, load_yaml, read_spec_text, split_leading_path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -181,6 +181,11 @@ class WebhookSpec(_Model):
     on: tuple[Literal["start", "success", "failure"], ...] = ("start", "success", "failure")
     timeout: float = Field(5, gt=0, le=60)
     retries: int = Field(3, ge=0, le=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _on_key(cls, data: Any) -> Any:
+        return yaml_on_key(data)
 
 
 class StageSpec(_Model):

@@ -31,6 +31,7 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rollout_py.spec_flags import percent
+from rollout_py.spec_types import yaml_on_key
 
 _VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOCAL = "local"
@@ -66,10 +67,7 @@ class PhaseSpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _on_key(cls, data: Any) -> Any:
-        # YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean true.
-        if isinstance(data, dict) and True in data and "on" not in data:
-            data = {("on" if k is True else k): v for k, v in data.items()}
-        return data
+        return yaml_on_key(data)
 
     @field_validator("command", "playbook", "on")
     @classmethod

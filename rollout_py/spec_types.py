@@ -4,7 +4,7 @@ refused with what was expected."""
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
@@ -38,3 +38,11 @@ def backend_name(value: str) -> str:
 
 HttpUrl = Annotated[str, AfterValidator(http_url)]
 BackendName = Annotated[str, AfterValidator(backend_name)]
+
+
+def yaml_on_key(data: Any) -> Any:
+    """A mapping whose unquoted ``on:`` key YAML 1.1 (PyYAML) read as the boolean true, with
+    the key ``on`` again (a model's before-validator; other data passes as it is)."""
+    if isinstance(data, dict) and True in data and "on" not in data:
+        return {("on" if k is True else k): v for k, v in data.items()}
+    return data

@@ -64,3 +64,13 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_spec(bad)
     with pytest.raises(SpecError, match="cannot read"):
         load_spec(tmp_path / "missing.yml")
+
+
+def test_an_unquoted_on_key_under_webhooks_is_the_key_on(tmp_path: Path) -> None:
+    """The README's own example writes `on:` unquoted; YAML 1.1 reads it as the boolean true."""
+    path = write(tmp_path)
+    path.write_text(path.read_text() + "notify:\n  webhooks:\n"
+                    "    - {url: 'https://hooks.example.test/x', on: [start, failure]}\n")
+    assert yaml.safe_load(path.read_text())["notify"]["webhooks"][0].get(True)
+    spec = load_spec(path)
+    assert spec.notify.webhooks[0].on == ("start", "failure")
