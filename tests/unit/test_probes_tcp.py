@@ -14,17 +14,31 @@ from rollout_py.balancer import RuntimeAPI, open_transport
 from rollout_py.probes import Check, Prober, wait_healthy
 from rollout_py.spec import HttpProbe, TcpProbe
 
+SEEN: list[tuple[int, str | None]] = []  # each request's client port and Connection header
+
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive unless the client says close
+
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
-        body = {"/ok": (200, "all good v2.1"),
-                "/json": (200, json.dumps({"app": {"version": "2.1", "ready": True}})),
-                "/bad": (503, "down")}.get(self.path, (404, "nope"))
-        data = body[1].encode()
-        self.send_response(body[0])
+        SEEN.append((self.client_address[1], self.headers.get("Connection")))
+        if self.path == "/latin":
+            data = "café crème".encode("iso-8859-1")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=ISO-8859-1")
+        elif self.path == "/moved":
+            data = b""
+            self.send_response(302)
+            self.send_header("Location", "/ok")
+        else:
+            status, text = {"/ok": (200, "all good v2.1"),
+                            "/json": (200, json.dumps({"app": {"version": "2.1"}})),
+                            "/bad": (503, "down")}.get(self.path, (404, "nope"))
+            data = text.encode()
+            self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -61,6 +75,28 @@ def test_http_status_body_regex_and_json(server: int) -> None:
         "json": {"app.version": "2.2"}})) or "")
     assert "has no app.missing" in (p.run("h", http(server, "/json", **{
         "json": {"app.missing": 1}})) or "")
+
+
+def test_each_http_probe_is_a_new_connection_and_reads_the_charset(server: int) -> None:
+    """A probe never reuses a connection (an app restarted between probes must not meet a
+    stale one): Connection: close, a new client port each time; the body is decoded with
+    its charset; a redirect is an answer, not followed."""
+    p = prober()
+    SEEN.clear()
+    assert [p.run("h", http(server, "/ok")) for _ in range(3)] == [None] * 3
+    assert [header for _, header in SEEN] == ["close"] * 3
+    assert len({port for port, _ in SEEN}) == 3
+    assert p.run("h", http(server, "/latin", body="café crème")) is None
+    assert p.run("h", http(server, "/moved")) == "status 302, expected 200"
+
+
+def test_an_http_probe_that_cannot_connect_says_why(server: int) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    failure = prober().run("h", http(closed, "/ok")) or ""
+    assert failure.startswith("NewConnectionError: ") and "Connection refused" in failure
+    assert " object at 0x" not in failure
 
 
 def test_tcp_probe(server: int) -> None:
