@@ -29,7 +29,7 @@ from rollout_py.lab import artifact, db
 from rollout_py.lab.dbload import DbWriteLoad
 from rollout_py.lab.layout import HOST_FLAGS_PATH, Layout
 from rollout_py.lab.load import Summary
-from rollout_py.state import StateDir, read_journal
+from rollout_py.state import StateDir, read_journal, records_in_order
 from tests.integration.conftest import LabFactory
 from tests.integration.deploykit import (
     REPO,
@@ -134,9 +134,9 @@ def events_of(spec: Path) -> list[dict[str, Any]]:
 
 def flag_changes(spec: Path) -> list[tuple[dict[str, Any], list[Any]]]:
     """(meta, events) of every flag change journaled beside the spec, oldest first."""
-    root = spec.parent / ".rollout" / "flags"
+    # Records being created (no meta.json yet) are left out, as rollout_py's readers do.
     return [(json.loads((p / "meta.json").read_text()), read_journal(p / "journal.jsonl"))
-            for p in sorted(root.iterdir())] if root.is_dir() else []
+            for p in records_in_order(spec.parent / ".rollout" / "flags")]
 
 
 def host_files(lab: Layout) -> set[bytes]:
@@ -211,20 +211,22 @@ def test_a_good_feature_goes_to_contract_through_a_kill_9_during_its_ramp(
              "--json"], cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert child.stdout is not None and child.stderr is not None
-        for line in child.stdout:
-            event = json.loads(line)
-            if event["event"] == "phase_started" and event["phase"] == "release":
-                break
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the ramp's first step is out and being judged
-            changes = flag_changes(spec)
-            if len(changes) == 2 and any(e.kind == "flag_window" for e in changes[1][1]):
-                break
-            time.sleep(0.1)
-        child.send_signal(signal.SIGKILL)
-        child.wait(30)
-        child.stdout.close()
-        child.stderr.close()
+        try:
+            for line in child.stdout:
+                event = json.loads(line)
+                if event["event"] == "phase_started" and event["phase"] == "release":
+                    break
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # the ramp's first step is out and judged
+                changes = flag_changes(spec)
+                if len(changes) == 2 and any(e.kind == "flag_window" for e in changes[1][1]):
+                    break
+                time.sleep(0.1)
+        finally:  # also when the test fails before: no deploy of this test outlives it
+            child.send_signal(signal.SIGKILL)
+            child.wait(30)
+            child.stdout.close()
+            child.stderr.close()
         assert child.returncode == -signal.SIGKILL
         resumed = rollout_cli("resume", "-f", str(spec), "--json")
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
