@@ -135,7 +135,9 @@ def engine(layout: Layout, version: str, *, staged: bool, nodes: bool = False) -
     if nodes:
         data["node_cpu"] = node_cpu(layout) - before
     if data["status"] != "succeeded":
-        raise SystemExit(f"deploy {version} did not succeed: {data['status']}")
+        cause = next((e.get("cause") for e in reversed(data["events"])
+                      if e["event"] == "deploy_finished"), None)
+        raise SystemExit(f"deploy {version} did not succeed: {data['status']}: {cause}")
     ansible = drains = soak = 0.0
     for e in data["events"]:
         if e["event"] == "step_finished" and e["step"] in ("stage", "upgrade"):
