@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from rollout_py.lab.watch_sample import ABSENT, Sample, ServerSample, backend_of
+from rollout_py.report_spans import merged
 
 
 class Violation(NamedTuple):
@@ -159,10 +160,5 @@ def out_intervals(points: Sequence[Point], servers: Sequence[str], end: float
 
 
 def merge_spans(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[tuple[float, float]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
+    """Overlapping or touching spans joined, in order (the report's union of intervals)."""
+    return merged(spans)
