@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rollout_py.analysis import prometheus
 from rollout_py.lab import artifact
 from rollout_py.lab import lab as lab_mod
 from rollout_py.lab.layout import Layout
@@ -139,16 +140,27 @@ def clear_counters(lab: Layout) -> None:
             api.close()
 
 
+def no_recent_5xx(lab: Layout) -> bool:
+    """Whether Prometheus saw no 5xx on any server in the 10 s its canary gate's rate() looks
+    back over: the last test's bad release (on app01, every test's canary) must not be
+    judged again in this test's first windows."""
+    assert lab.prometheus_url is not None
+    got = prometheus.query(lab.prometheus_url, 'sum(increase(haproxy_server_http_responses_'
+                           'total{code="5xx"}[10s]))', 5.0)
+    return got == 0.0 or (isinstance(got, str) and got.startswith("no series"))
+
+
 @pytest.fixture
 def fleet(lab: Layout, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The one version every host serves at the start of the test, every server READY, UP
-    and at weight 1 on every LB (reset first if the last test left the fleet otherwise), and
-    the LB's counters fresh."""
+    and at weight 1 on every LB (reset first if the last test left the fleet otherwise), the
+    LB's counters fresh, and no 5xx of the last test in Prometheus' window."""
     if problems(lab):
         reset(lab, tmp_path_factory.mktemp("reset"))
     left = problems(lab)
     assert not left, left
     clear_counters(lab)
+    wait_for(lambda: no_recent_5xx(lab), 40, "no 5xx in Prometheus' last 10 s")
     KNOWN["version"] = versions(lab)["app01"] or BASE
     return KNOWN["version"]
 
