@@ -223,7 +223,7 @@ def progress_line(e: ev.Event, start: float, *, verbose: bool = False,
     return f"{stamp}  {line}"
 
 
-def _when(ts: float | None) -> str:
+def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts)) if ts else "-"
 
 
@@ -269,10 +269,10 @@ def _analysis_lines(d: Mapping[str, Any]) -> list[str]:
     if d.get("paused"):
         p = d["paused"]
         until = f"{p['duration']:g} s" if p["duration"] is not None else "`rollout promote`"
-        lines.append(f"  PAUSED at step {p['step']} by {p['by']} since {_when(p['since'])} "
+        lines.append(f"  PAUSED at step {p['step']} by {p['by']} since {when(p['since'])} "
                      f"until {until}")
     for c in d.get("controls", []):
-        lines.append(f"  {c['action']} from {c['by']} at {_when(c['at'])}: {c['effect']}")
+        lines.append(f"  {c['action']} from {c['by']} at {when(c['at'])}: {c['effect']}")
     for a in d.get("analyses", []):
         lines.append(f"  analysis step {a['step']} ({a['purpose']}, batch {a['batch']}): "
                      f"{a['verdict']}: {a['cause']}")
@@ -296,7 +296,7 @@ def history_lines(info: dict[str, Any]) -> list[str]:
              f"{'status':<12} {'duration':>8}  cause"]
     for d in info["deploys"]:
         duration = f"{d['duration']:.0f}s" if d["duration"] is not None else "-"
-        lines.append(f"{d['deploy_id']:<24} {d['user'] or '-':<8} {_when(d['started']):<20} "
+        lines.append(f"{d['deploy_id']:<24} {d['user'] or '-':<8} {when(d['started']):<20} "
                      f"{'/'.join(d['from_versions']) or '-':<10} {d['version'] or '-':<10} "
                      f"{d['status']:<12} {duration:>8}  {d['rollback_cause'] or ''}")
     return lines

@@ -12,7 +12,6 @@ cell has ``data-*`` attributes naming what it is, and the report's JSON (the sam
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -21,6 +20,7 @@ import jinja2
 from markupsafe import Markup
 
 from rollout_py import live_view as lv
+from rollout_py.report import when
 from rollout_py.report_data import DeployReport
 from rollout_py.report_spans import Span
 
@@ -130,10 +130,6 @@ def figures(report: DeployReport) -> dict[str, str]:
     return out
 
 
-def _clock(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
-
-
 def render(report: DeployReport) -> str:
     """The whole page."""
     from plotly.offline import get_plotlyjs
@@ -146,5 +142,5 @@ def render(report: DeployReport) -> str:
     data = json.dumps(report.to_json()).replace("</", "<\\/")
     return env.get_template("report.html.j2").render(
         r=report, figures={k: Markup(v) for k, v in figures(report).items()},
-        lbs=lb_names(report), clock=_clock, plotly_js=Markup(get_plotlyjs()),
+        lbs=lb_names(report), clock=when, plotly_js=Markup(get_plotlyjs()),
         data=Markup(data), colours=STATE_COLOURS)
