@@ -152,6 +152,12 @@ def _check_error(command: str, answer: str) -> None:
         raise BalancerError(f"HAProxy refused {command!r}: {answer.strip()}")
 
 
+# The fields of a ``show servers state`` line that ServerState reads, in its order (the port,
+# last, may be absent).
+_STATE_FIELDS = ("be_name", "srv_name", "srv_addr", "srv_op_state", "srv_admin_state",
+                 "srv_uweight", "srv_port")
+
+
 def parse_servers_state(answer: str) -> tuple[ServerState, ...]:
     """Parses the answer of ``show servers state [backend]``.
 
@@ -163,23 +169,28 @@ def parse_servers_state(answer: str) -> tuple[ServerState, ...]:
     """
     lines = [ln for ln in answer.splitlines() if ln.strip()]
     header: list[str] | None = None
+    at: list[int] = []  # where each field ServerState needs is in a line
+    missing = ""  # a field the header lacks
     rows: list[ServerState] = []
     for line in lines:
         if line.startswith("#"):
             header = line.lstrip("#").split()
+            at = [header.index(k) if k in header else -1 for k in _STATE_FIELDS]
+            missing = next((k for k, i in zip(_STATE_FIELDS[:6], at, strict=False) if i < 0), "")
             continue
         if header is None:
             continue  # the format version line
-        values = dict(zip(header, line.split(), strict=False))
+        values = line.split()
         try:
-            port = values.get("srv_port", "-")
+            if missing:
+                raise KeyError(missing)
+            port = values[at[6]] if 0 <= at[6] < len(values) else "-"
             rows.append(ServerState(
-                backend=values["be_name"], name=values["srv_name"], address=values["srv_addr"],
-                op_state=int(values["srv_op_state"]), admin_state=int(values["srv_admin_state"]),
-                weight=int(values["srv_uweight"]),
-                port=int(port) if port.isdigit() else None,
+                backend=values[at[0]], name=values[at[1]], address=values[at[2]],
+                op_state=int(values[at[3]]), admin_state=int(values[at[4]]),
+                weight=int(values[at[5]]), port=int(port) if port.isdigit() else None,
             ))
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, IndexError) as exc:
             raise BalancerError(f"unexpected 'show servers state' line: {line!r}") from exc
     if header is None and lines:
         raise BalancerError(f"unexpected 'show servers state' answer: {answer.strip()[:200]!r}")

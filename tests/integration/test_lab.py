@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,6 +16,8 @@ from typing import Any
 import ansible_runner
 import pytest
 
+from rollout_py.balancer.transports import SshTransport
+from rollout_py.errors import BalancerError, BalancerUnreachable
 from rollout_py.executor import AnsibleExecutor, Cancel
 from rollout_py.lab import artifact
 from rollout_py.lab import lab as lab_mod
@@ -59,6 +62,37 @@ def test_show_servers_state_on_the_real_sockets(lab: Layout) -> None:
         assert sorted(s.name for s in states) == [h.name for h in lab.app_hosts]
         assert all(s.admin == "READY" and s.running for s in states)
         assert {s.address for s in states} == {h.address for h in lab.app_hosts}
+
+
+def test_ssh_transport_carries_every_command_on_one_relay_channel(lab: Layout) -> None:
+    api = lab_mod.lb_api(lab, lab.lbs[1])
+    transport = api.transport
+    assert isinstance(transport, SshTransport)
+    try:
+        assert api.admin_level()
+        relay = transport._relay
+        assert relay is not None
+        # Answers stay framed one by one: empty, multi-line, refused.
+        api.set_state("app", lab.app_hosts[0].name, "ready")
+        assert [s.name for s in api.servers_state("app")] == [h.name for h in lab.app_hosts]
+        with pytest.raises(BalancerError, match="Can't find backend"):
+            api.servers_state("no_such_backend")
+        assert len(api.stat("app")) == len(lab.app_hosts)
+        assert transport._relay is relay  # one channel carried them all
+        # A channel that closed between commands is opened again before the next command.
+        relay.close()
+        assert api.admin_level()
+        assert transport._relay is not None and transport._relay is not relay
+    finally:
+        api.close()
+    # A socket path that is not there: socat's own message, and nothing left half-open.
+    missing = lab.lbs[1].socket_url.rsplit("/", 1)[0] + "/no-such.sock"
+    broken = lab_mod.lb_api(lab, dataclasses.replace(lab.lbs[1], socket_url=missing))
+    try:
+        with pytest.raises(BalancerUnreachable, match=r"socat exited 1: .*No such file"):
+            broken.admin_level()
+    finally:
+        broken.close()
 
 
 def test_hosts_are_separate_machines(lab: Layout) -> None:
@@ -134,6 +168,30 @@ def test_check_mode_of_a_release_not_installed_passes_and_changes_nothing(
              for h in lab.app_hosts}
     assert after == before  # same version served, same link, same releases, same app process
     assert not any("2.9-check" in listing for _, listing in after.values())
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["-e", "rollout_version=bad..v"],
+     'invalid app_release_version "bad..v": must be a string of letters'),
+    (["-e", "rollout_version=2.0", "-e", "app_release_root=srv/app"],
+     'invalid settings: app_release_root "srv/app" must be absolute and not /'),
+    (["-e", "rollout_version=2.0", "-e", '{"app_release_keep": 0}'],
+     "app_release_keep 0 must be >= 1"),
+], ids=["version", "root", "keep"])
+def test_deploy_playbook_refuses_bad_settings_naming_them(
+        lab: Layout, tmp_path: Path, extra: list[str], message: str) -> None:
+    show = "readlink /srv/app/current; ls /srv/app/releases; cat /run/app.pid"
+    before = rollout_ssh(lab, "app03", show)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(lab.inventory),
+         "--limit", "app03", str(playbook("deploy.yml")), *extra],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(roles_path()), "ANSIBLE_PIPELINING": "True",
+             "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_NOCOLOR": "1"})
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr
+    assert message in " ".join(proc.stdout.split()), proc.stdout[-3000:]
+    assert "failed=1" in proc.stdout and "changed=0" in proc.stdout
+    assert rollout_ssh(lab, "app03", show) == before  # nothing touched
 
 
 def test_lab_up_again_changes_nothing(lab: Layout) -> None:

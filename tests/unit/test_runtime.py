@@ -34,6 +34,27 @@ def test_parse_servers_state_rejects_garbage() -> None:
         parse_servers_state("1\nno header here\n")
 
 
+def test_parse_servers_state_reads_fields_by_the_header_wherever_they_are() -> None:
+    # Another field order, and no srv_port: the port is unknown, the rest read by name.
+    rows = parse_servers_state("1\n# srv_name be_name srv_uweight srv_admin_state srv_op_state "
+                               "srv_addr\napp01 app 5 1 2 10.0.0.1\n")
+    assert rows[0].name == "app01" and rows[0].weight == 5 and rows[0].maint
+    assert rows[0].running and rows[0].address == "10.0.0.1" and rows[0].port is None
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("1\n# be_name srv_name srv_addr srv_op_state srv_admin_state\napp a 10.0.0.1 2 0\n",
+     "no srv_uweight in the header"),
+    ("1\n# be_name srv_name srv_addr srv_op_state srv_admin_state srv_uweight\napp a 1\n",
+     "a line shorter than the header"),
+    ("1\n# be_name srv_name srv_addr srv_op_state srv_admin_state srv_uweight\n"
+     "app a 10.0.0.1 UP 0 1\n", "a state that is not a number"),
+])
+def test_parse_servers_state_names_the_line_it_cannot_read(text: str, why: str) -> None:
+    with pytest.raises(BalancerError, match="unexpected 'show servers state' line: 'app a"):
+        parse_servers_state(text)
+
+
 def test_parse_stat_csv_reads_scur() -> None:
     rows = parse_stat_csv("# pxname,svname,qcur,qmax,scur,status,weight,check_status\n"
                           "app,app01,0,0,7,UP,1,L7OK\napp,BACKEND,0,0,7,UP,1,\n")
