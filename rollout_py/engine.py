@@ -237,7 +237,7 @@ class Engine(BatchSteps, UndoSteps, TrafficSteps, SwitchSteps, PhaseSteps, Resum
             servers=self.plan.servers, baseline=self._baseline, emit=self.emit,
             on_fail=failed, interval=s.analysis.interval if s.analysis else watch_every,
             consecutive=s.health.consecutive, analysis=s.analysis, prometheus=s.prometheus,
-            ignore_metrics=s.ignore_metrics)
+            ignore_metrics=s.ignore_metrics, per_round=s.health.watch_hosts)
 
     def _end_watch(self) -> None:
         self._watch.stop() if self._watch is not None else None

@@ -6,6 +6,11 @@ The watch only decides; the engine acts (it cancels the running step and rolls b
 ``on_failure``). Inconclusive windows are recorded, never a failure: the watch fails on
 evidence (``failure_limit`` failed windows in a row for one server, or ``health.consecutive``
 failed probe rounds for one host).
+
+A round probes at most ``per_round`` hosts, taking turns (a host's failures count over its own
+turns), so the controller's work per round does not grow with the fleet: at 100 hosts back in
+rotation and 10 a round, each host is probed every 10th round. The analysis windows judge
+every watched server each window (one ``show stat`` per LB, whatever the fleet's size).
 """
 
 from __future__ import annotations
@@ -40,11 +45,16 @@ class HealthWatch:
                  baseline: Callable[[Sequence[str]], tuple[str, ...]],
                  emit: Emit, on_fail: Callable[[tuple[str, ...], str], None],
                  interval: float, consecutive: int, analysis: AnalysisSpec | None,
-                 prometheus: PromQuery | None = None, ignore_metrics: bool = False) -> None:
+                 prometheus: PromQuery | None = None, ignore_metrics: bool = False,
+                 per_round: int = 10) -> None:
+        if per_round < 1:
+            raise ValueError(f"per_round must be at least 1, got {per_round}")
         self.balancer, self.prober, self.checks = balancer, prober, checks
         self.servers, self.baseline, self.emit, self.on_fail = servers, baseline, emit, on_fail
         self.interval, self.consecutive, self.analysis = interval, consecutive, analysis
         self.prometheus, self.ignore_metrics = prometheus, ignore_metrics
+        self.per_round = per_round
+        self._next = 0  # where the next round's turn starts in _hosts
         self._hosts: list[str] = []
         self._batch_of: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -76,7 +86,7 @@ class HealthWatch:
             with self._lock:
                 hosts = list(self._hosts)
             try:
-                self._probe(hosts)
+                self._probe(self._turn(hosts))
                 if self.failed is None and self.analysis is not None \
                         and self.analysis.continuous:
                     prev = self._judge(hosts, prev)
@@ -84,6 +94,14 @@ class HealthWatch:
                 return  # the engine meets the journal failure itself
             except BalancerError:
                 prev = None  # an LB that does not answer: the engine's steps meet it
+
+    def _turn(self, hosts: Sequence[str]) -> list[str]:
+        """The hosts this round probes: all of them, or the next ``per_round`` in turn."""
+        if len(hosts) <= self.per_round:
+            return list(hosts)
+        start = self._next % len(hosts)
+        self._next = start + self.per_round
+        return [hosts[(start + i) % len(hosts)] for i in range(self.per_round)]
 
     def _probe(self, hosts: Sequence[str]) -> None:
         for host in hosts:

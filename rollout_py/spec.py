@@ -133,6 +133,8 @@ class HealthSpec(_Model):
     interval: float = Field(1, gt=0, le=60)
     consecutive: int = Field(3, ge=1, le=100)
     soak: float = Field(0, ge=0, le=3600)
+    # Hosts the continuous watch probes per round, taking turns (rollout_py.health_watch).
+    watch_hosts: int = Field(10, ge=1, le=10000)
     probes: list[Probe] = Field(default_factory=list)
 
     @field_validator("probes", mode="before")
