@@ -256,14 +256,17 @@ class SshTransport:
     def _answer(self, relay: paramiko.Channel) -> tuple[str, int, str]:
         """Reads one answer up to its marker line: (answer, socat's status, its stderr)."""
         buf = bytearray()
-        seen = 0
+        seen, at = 0, -1  # bytes searched for the marker so far; where it starts
         while True:
-            at = buf.find(self._marker, max(0, seen - len(self._marker)))
-            if at >= 0:
+            if at < 0:  # a marker cut by the last chunk starts at most len - 1 before it
+                at = buf.find(self._marker, max(0, seen - len(self._marker) + 1))
+            if at >= 0:  # then its line (status, stderr) may still be on its way
                 line_end = buf.find(b"\n", at + len(self._marker))
                 if line_end >= 0:
-                    status, _, err = buf[at + len(self._marker):line_end].decode(
-                        errors="replace").partition(" ")
+                    line = buf[at + len(self._marker):line_end].decode(errors="replace")
+                    status, _, err = line.partition(" ")
+                    if not status.isdigit():
+                        raise OSError(f"unexpected line from the relay: {line[:200]!r}")
                     return buf[:at].decode(errors="replace"), int(status), err.strip()
             seen = len(buf)
             data = relay.recv(65536)
