@@ -38,6 +38,7 @@ from rollout_py.lab.watch_timeline import (
     merged_timeline,
     out_intervals,
     over_limit,
+    settled,
     watched,
 )
 
@@ -102,10 +103,11 @@ class WatchSummary:
             # From the LB's own first to last sample: a slow connect or start is not a slow rate.
             rates[lb] = round((len(own) - 1) / span if span > 0 else
                               len(own) / duration if duration > 0 else 0.0, 2)
+        proven = settled(points, records, servers_watched)  # what capacity is judged on
         violations: tuple[Violation, ...] = ()
         if max_unavailable is not None:
             violations = tuple(
-                Violation(p.ts, tuple(sorted(bad)), max_unavailable) for p in points
+                Violation(p.ts, tuple(sorted(bad)), max_unavailable) for p in proven
                 if (bad := over_limit(p, max_unavailable, live_key, backend)))
         max_out = max((len(p.out) for p in points), default=0)
         pools: dict[str, Any] = {}
@@ -115,7 +117,7 @@ class WatchSummary:
                 "backends": pool_backends, "live_key": live_key,
                 "route_changes": route_changes(records, names, ROUTE_KEYS),
                 "disagreements": tuple(disagreements(points, live_key, stopped=stopped)),
-                "capacity": capacity_by_backend(points, pool_backends, servers_watched,
+                "capacity": capacity_by_backend(proven, pool_backends, servers_watched,
                                                 live_key, max_unavailable, stopped),
             }
         return cls(
@@ -171,7 +173,7 @@ class WatchSummary:
                                            max(len(out) for out in run), limit, len(run)))
             run.clear()
 
-        for point in self.timeline:
+        for point in settled(self.timeline, self.records, self.servers):
             bad = over_limit(point, limit, self.live_key, self.backend)
             if bad:
                 if not run:

@@ -8,6 +8,12 @@ only where the backend serves live traffic: a server counts if it is out on an L
 routes ``live`` to its backend (an LB whose live route is not known counts for every backend),
 and a backend live on no LB (the idle pool) may be all out.
 
+A violation must be proven by the samples (``settled``): another LB's latest sample is up to
+one sampling period old, so a server it shows out counts as out at a point only if that LB's
+next sample shows it out too (otherwise it may have come back before the point: an enable and
+the next batch's MAINT can be a few ms apart, far less than a period). Any overlap that lasts
+a sampling period is still caught.
+
 Example:
     >>> points = merged_timeline(samples, ["app01", "app02"])  # doctest: +SKIP
     >>> over_limit(points[-1], 1, None)  # doctest: +SKIP
@@ -17,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from rollout_py.lab.watch_sample import ABSENT, Sample, ServerSample, backend_of
@@ -89,6 +95,34 @@ def merged_timeline(samples: Sequence[Sample], servers: Sequence[str]) -> list[P
                         if any(not server_view(v, srv).in_rotation for v in views))
         points.append(Point(sample.ts, sample.lb, out, views))
     return points
+
+
+def settled(points: Sequence[Point], samples: Sequence[Sample], servers: Sequence[str]
+            ) -> list[Point]:
+    """The points as the samples prove them: in each other LB's view, a server shown out of
+    rotation that the LB's next sample shows in rotation gets its next state (it may have been
+    back by then); the point's own sample, and an LB's last one, stand as they are."""
+    after: dict[int, Sample] = {}
+    last: dict[str, Sample] = {}
+    for sample in sorted(samples, key=lambda s: s.ts):
+        if sample.ok:
+            if sample.lb in last:
+                after[id(last[sample.lb])] = sample
+            last[sample.lb] = sample
+    out = []
+    for point in points:
+        views = tuple(v if v.lb == point.lb or id(v) not in after else
+                      _benefit_of_doubt(v, after[id(v)]) for v in point.views)
+        out.append(Point(point.ts, point.lb, frozenset(
+            srv for srv in servers
+            if any(not server_view(v, srv).in_rotation for v in views)), views))
+    return out
+
+
+def _benefit_of_doubt(view: Sample, following: Sample) -> Sample:
+    changed = {srv: later for srv, later in following.servers.items()
+               if later.in_rotation and not server_view(view, srv).in_rotation}
+    return replace(view, servers={**view.servers, **changed}) if changed else view
 
 
 def live_routes(point: Point, live_key: str) -> dict[str, str | None]:

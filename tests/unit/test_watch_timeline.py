@@ -66,15 +66,14 @@ def test_one_out_within_limit_two_out_is_a_violation() -> None:
         sample("lb1", 5.0), sample("lb2", 5.0),
     ]
     summary = build(samples)
-    # lb1's sample at 4.0 meets lb2's latest (3.0), where app01 is still drained: the merged
-    # view stays in breach until lb2 shows app01 back, also at 4.0.
+    # lb1's sample at 4.0 meets lb2's latest (3.0), where app01 is still drained; lb2's next
+    # sample (also 4.0) shows it back, so it may have been back already: not a proven breach.
     both = ("app01", "app02")
-    assert summary.violations == (Violation(3.0, both, 1), Violation(3.0, both, 1),
-                                  Violation(4.0, both, 1))
+    assert summary.violations == (Violation(3.0, both, 1), Violation(3.0, both, 1))
     assert summary.max_out_of_rotation == 2 and summary.min_in_rotation == 2
     [window] = summary.violation_windows()
     assert (window.start, window.end, window.out_of_rotation, window.points) == (
-        3.0, 4.0, both, 3)
+        3.0, 4.0, both, 2)
     assert summary.out_of_rotation_at(4.0) == {"app02"}
 
 
@@ -89,8 +88,8 @@ def test_lbs_disagreeing_counts_the_server_out() -> None:
 
 
 def test_merged_timeline_uses_the_latest_sample_of_the_other_lb() -> None:
-    # lb2 last saw app01 drained at 1.0; lb1 sees app02 out at 1.5: together two are out,
-    # until lb2's next sample (1.6) shows app01 back.
+    # lb2 last saw app01 drained at 1.0; lb1 sees app02 out at 1.5: on the merged timeline
+    # two are out until lb2's next sample (1.6) shows app01 back...
     samples = [sample("lb1", 1.0, app01=DRAIN), sample("lb2", 1.0, app01=DRAIN),
                sample("lb1", 1.2), sample("lb1", 1.5, app02=DRAIN),
                sample("lb2", 1.6, app02=DRAIN)]
@@ -99,9 +98,37 @@ def test_merged_timeline_uses_the_latest_sample_of_the_other_lb() -> None:
         (1.0, "lb1", ["app01"]), (1.0, "lb2", ["app01"]),
         (1.2, "lb1", ["app01"]),  # still drained on lb2
         (1.5, "lb1", ["app01", "app02"]), (1.6, "lb2", ["app02"])]
+    # ...but app01 may have been back on lb2 before 1.5 (lb1 shows it back at 1.2): nothing
+    # proves the two were out together, so no violation.
     summary = build(samples)
-    assert [v.ts for v in summary.violations] == [1.5]
-    assert [(w.start, w.end) for w in summary.violation_windows()] == [(1.5, 1.6)]
+    assert summary.violations == () and summary.violation_windows() == []
+    assert summary.out_of_rotation_at(1.5) == {"app01", "app02"}  # the raw merged view
+
+
+def test_a_violation_is_proven_by_the_other_lbs_next_sample() -> None:
+    # As above, but lb2's next sample still shows app01 drained: it was out at 1.5 too.
+    samples = [sample("lb1", 1.0, app01=DRAIN), sample("lb2", 1.0, app01=DRAIN),
+               sample("lb1", 1.5, app01=DRAIN, app02=DRAIN),
+               sample("lb2", 1.6, app01=DRAIN, app02=DRAIN), sample("lb1", 1.7),
+               sample("lb2", 1.8)]
+    summary = build(samples)
+    assert [v.ts for v in summary.violations] == [1.5, 1.6]
+    assert [(w.start, w.end) for w in summary.violation_windows()] == [(1.5, 1.7)]
+    # Out on one LB, the other server out on the other, each LB's next sample agreeing.
+    crossed = [sample("lb1", 1.0, app01=MAINT), sample("lb2", 1.05, app02=DRAIN),
+               sample("lb1", 1.1, app01=MAINT), sample("lb2", 1.15)]
+    # (at 1.1 lb2's view, 1.05, is followed by app02 back at 1.15: not proven then)
+    assert [v.ts for v in build(crossed).violations] == [1.05]
+
+
+def test_an_enable_then_the_next_batchs_drain_between_two_samples_is_no_violation() -> None:
+    # What the engine does within a few ms: app01 back on both LBs, then app02 drained on
+    # both. lb2 samples in between; lb1, 80 ms out of phase, before and after.
+    samples = [sample("lb1", 1.90, app01=MAINT), sample("lb2", 1.98, app02=DRAIN),
+               sample("lb1", 2.00, app02=MAINT), sample("lb2", 2.08, app02=MAINT)]
+    summary = build(samples)
+    assert summary.out_of_rotation_at(1.98) == {"app01", "app02"}  # lb1's view is 80 ms old
+    assert summary.violations == ()
 
 
 def test_other_reasons_out_of_rotation() -> None:
@@ -130,15 +157,16 @@ def test_limit_zero_and_no_limit() -> None:
 def test_error_samples_count_but_keep_the_last_known_state() -> None:
     samples = [sample("lb1", 1.0, app01=DRAIN), sample("lb2", 1.0),
                error("lb1", 1.1), error("lb1", 1.2), sample("lb2", 1.25, app02=DRAIN),
-               sample("lb1", 1.3)]
+               sample("lb1", 1.3, app01=DRAIN), sample("lb1", 1.4)]
     summary = build(samples, started=1.0, stopped=2.0)
-    assert summary.samples == {"lb1": 4, "lb2": 2}
+    assert summary.samples == {"lb1": 5, "lb2": 2}
     assert summary.errors == {"lb1": 2, "lb2": 0}
-    assert summary.rate_hz == {"lb1": pytest.approx(3 / 0.3), "lb2": pytest.approx(1 / 0.25)}
-    # At 1.25 lb1's last good sample (1.0) still says app01 is drained.
+    assert summary.rate_hz == {"lb1": pytest.approx(4 / 0.4), "lb2": pytest.approx(1 / 0.25)}
+    # At 1.25 lb1's last good sample (1.0) still says app01 is drained, and its next good one
+    # (1.3) too: the errors in between do not reset it.
     assert summary.out_of_rotation_at(1.25) == {"app01", "app02"}
-    assert [v.ts for v in summary.violations] == [1.25]
-    assert summary.out_of_rotation_at(1.3) == {"app02"}  # lb1 good again, app01 back
+    assert [v.ts for v in summary.violations] == [1.25, 1.3]
+    assert summary.out_of_rotation_at(1.4) == {"app02"}  # app01 back
 
 
 # --- intervals ----------------------------------------------------------------------------
