@@ -182,17 +182,14 @@ class SshTransport:
         self.url = url
         self._user, self._host, self._port, self._path = user, host, port, path
         self._options = options
-        self._client: object | None = None
+        self._client: paramiko.SSHClient | None = None
         self._relay: paramiko.Channel | None = None
         self._marker = b""
         self._lock = threading.Lock()
 
     def _connected(self) -> paramiko.SSHClient:
-        import paramiko
-
         if self._client is None:
             self._client = ssh_connect(self._user, self._host, self._port, self._options)
-        assert isinstance(self._client, paramiko.SSHClient)
         return self._client
 
     def exec(self, remote: str, stdin_text: str) -> tuple[int, str, str]:
@@ -278,7 +275,7 @@ class SshTransport:
     def close_locked(self) -> None:
         client, self._client, self._relay = self._client, None, None
         if client is not None:
-            client.close()  # type: ignore[attr-defined]
+            client.close()
 
     def close(self) -> None:
         with self._lock:

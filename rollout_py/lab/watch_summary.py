@@ -68,6 +68,7 @@ class WatchSummary:
     out_intervals: dict[str, list[OutInterval]]
     records: tuple[Sample, ...] = field(default=(), repr=False)
     timeline: tuple[Point, ...] = field(default=(), repr=False)
+    proven: tuple[Point, ...] = field(default=(), repr=False)  # settled(timeline): capacity
     # Blue/green pools only (``live_key`` set): servers are ``backend/server``.
     backends: tuple[str, ...] = ()
     live_key: str | None = None
@@ -128,7 +129,7 @@ class WatchSummary:
             violations=violations, max_out_of_rotation=max_out,
             min_in_rotation=len(servers_watched) - max_out,
             out_intervals=out_intervals(points, servers_watched, stopped),
-            records=records, timeline=tuple(points), **pools,
+            records=records, timeline=tuple(points), proven=tuple(proven), **pools,
         )
 
     # --- queries -----------------------------------------------------------------------
@@ -173,7 +174,7 @@ class WatchSummary:
                                            max(len(out) for out in run), limit, len(run)))
             run.clear()
 
-        for point in settled(self.timeline, self.records, self.servers):
+        for point in self.proven:
             bad = over_limit(point, limit, self.live_key, self.backend)
             if bad:
                 if not run:

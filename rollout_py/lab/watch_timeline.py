@@ -91,10 +91,14 @@ def merged_timeline(samples: Sequence[Sample], servers: Sequence[str]) -> list[P
             continue
         latest[sample.lb] = sample
         views = tuple(latest.values())
-        out = frozenset(srv for srv in servers
-                        if any(not server_view(v, srv).in_rotation for v in views))
-        points.append(Point(sample.ts, sample.lb, out, views))
+        points.append(Point(sample.ts, sample.lb, out_in(views, servers), views))
     return points
+
+
+def out_in(views: Sequence[Sample], servers: Sequence[str]) -> frozenset[str]:
+    """The servers out of rotation on at least one of ``views`` (or missing from one)."""
+    return frozenset(srv for srv in servers
+                     if any(not server_view(v, srv).in_rotation for v in views))
 
 
 def settled(points: Sequence[Point], samples: Sequence[Sample], servers: Sequence[str]
@@ -113,9 +117,7 @@ def settled(points: Sequence[Point], samples: Sequence[Sample], servers: Sequenc
     for point in points:
         views = tuple(v if v.lb == point.lb or id(v) not in after else
                       _benefit_of_doubt(v, after[id(v)]) for v in point.views)
-        out.append(Point(point.ts, point.lb, frozenset(
-            srv for srv in servers
-            if any(not server_view(v, srv).in_rotation for v in views)), views))
+        out.append(Point(point.ts, point.lb, out_in(views, servers), views))
     return out
 
 
