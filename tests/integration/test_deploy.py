@@ -150,8 +150,10 @@ def test_host_already_down_breaches_max_unavailable_before_any_drain(
         lab: Layout, tmp_path: Path) -> None:
     lab_ssh(lab, "app06", "/srv/app/bin/appctl stop")
     try:
+        # Every LB's check must see it down (lb2's may lag lb1's) before the snapshot.
         deadline = time.monotonic() + 15
-        while lb_states(lab)["lb1"]["app06"][1] == "RUNNING" and time.monotonic() < deadline:
+        while any(per["app06"][1] == "RUNNING" for per in lb_states(lab).values()) \
+                and time.monotonic() < deadline:
             time.sleep(0.2)
         before = lb_states(lab)
         spec = write_spec(lab, tmp_path / "rollout.yml", batches=[1], max_unavailable=1)
@@ -160,10 +162,11 @@ def test_host_already_down_breaches_max_unavailable_before_any_drain(
         assert "capacity" in proc.stderr and "app06" in proc.stderr
         assert lb_states(lab) == before  # nothing changed on any socket
     finally:
+        # Also after a failure: the next tests share this lab and need app06 back.
         lab_ssh(lab, "app06", "/srv/app/bin/appctl start")
-    deadline = time.monotonic() + 15
-    while not all_ready_and_up(lab) and time.monotonic() < deadline:
-        time.sleep(0.2)
+        deadline = time.monotonic() + 15
+        while not all_ready_and_up(lab) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 @pytest.mark.parametrize(("signals", "status"), [(1, "cancelled"), (2, "cancelled")])
