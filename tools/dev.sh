@@ -96,10 +96,13 @@ case "${1:-}" in
         echo "== ansible-lint (production profile)"
         "$VENV/bin/ansible-lint" --offline --profile production playbooks roles
         echo "== unit tests"
-        "$VENV/bin/python" -m pytest tests/unit -q
+        "$VENV/bin/python" -m pytest tests/unit -q -n 2
         echo "== lab tests (integration, faults, molecule)"
-        # the slowest tests printed: the suite has a 35-minute budget
-        exec "$VENV/bin/python" -m pytest tests/integration tests/chaos --durations=25
+        # Two workers, a test file each at a time (a module shares its lab); the labs are
+        # independent (own namespaces, bridge, addresses, ports) and most of a lab test is
+        # waiting on the fleet. The slowest tests printed: the suite has a 35-minute budget.
+        exec "$VENV/bin/python" -m pytest tests/integration tests/chaos -n 2 --dist loadfile \
+            --durations=25
         ;;
     *)
         echo "usage: bash tools/dev.sh demo|test [args]" >&2

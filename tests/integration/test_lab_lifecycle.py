@@ -169,14 +169,18 @@ rollout_py.cli.main()
 def test_up_as_non_root_fails_clearly_and_creates_nothing(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o777)  # nobody could create the lab dir: it must not
     lab_dir = tmp_path / "lab"
-    before = set(net.list_netns())
-    proc = subprocess.run([sys.executable, "-c", _AS_NOBODY, "lab", "up", "--dir", str(lab_dir)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO,
-                          env=os.environ | {"PYTHONPATH": str(REPO)})
+    # Holding the machine's lab lock: no other test's lab comes or goes between the two looks
+    # at the namespaces (the refused `up` never gets as far as that lock).
+    with lab_mod._machine_lock():
+        before = set(net.list_netns())
+        proc = subprocess.run([sys.executable, "-c", _AS_NOBODY, "lab", "up", "--dir",
+                               str(lab_dir)], capture_output=True, text=True, timeout=60,
+                              cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
+        after = set(net.list_netns())
     assert proc.returncode == 2, proc.stderr
     assert "needs root" in proc.stderr and "sudo rollout lab up" in proc.stderr
     assert not lab_dir.exists()
-    assert set(net.list_netns()) == before
+    assert after == before
 
 
 def test_up_refuses_a_block_that_collides_with_a_route(root_required: None, tmp_path: Path) -> None:
