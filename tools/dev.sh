@@ -100,9 +100,11 @@ case "${1:-}" in
         echo "== lab tests (integration, faults, molecule)"
         # Two workers, a test file each at a time (a module shares its lab); the labs are
         # independent (own namespaces, bridge, addresses, ports) and most of a lab test is
-        # waiting on the fleet. The slowest tests printed: the suite has a 35-minute budget.
+        # waiting on the fleet. A short base for the tests' dirs: a lab's unix sockets live
+        # under its dir (at most 107 bytes a path). The slowest tests printed: the suite has a
+        # 35-minute budget.
         exec "$VENV/bin/python" -m pytest tests/integration tests/chaos -n 2 --dist loadfile \
-            --durations=25
+            --basetemp=/tmp/rollout-tests --durations=25
         ;;
     *)
         echo "usage: bash tools/dev.sh demo|test [args]" >&2

@@ -78,6 +78,10 @@ def _host_python() -> str:
     return "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
 
 
+REMOTE_SOCKET = "/run/haproxy/admin.sock"  # a namespace LB's admin socket, as on a packaged host
+UNIX_PATH_MAX = 107  # bytes in a unix socket's path (sun_path, its NUL excluded)
+
+
 def _validate(lab_dir: Path, n_hosts: int, n_lbs: int, n_pools: int = 1, n_exec: int = 0) -> None:
     if not 1 <= n_hosts <= MAX_HOSTS:
         raise InputError(f"--hosts must be between 1 and {MAX_HOSTS} (one /24), not {n_hosts}")
@@ -89,6 +93,12 @@ def _validate(lab_dir: Path, n_hosts: int, n_lbs: int, n_pools: int = 1, n_exec:
     if any(ch.isspace() for ch in str(lab_dir)) or "," in str(lab_dir):
         raise InputError(f"lab dir {str(lab_dir)!r} must not contain spaces or commas "
                          "(it is written into an Ansible inventory)")
+    # `up` reaches LB2's admin socket through the lab dir (before SSH to it works).
+    deepest = lab_dir / "hosts" / f"lb{n_lbs}" / Path(REMOTE_SOCKET).relative_to("/")
+    if n_lbs > 1 and len(os.fsencode(deepest)) > UNIX_PATH_MAX:
+        raise InputError(f"lab dir {str(lab_dir)!r} is too long: the path of LB{n_lbs}'s admin "
+                         f"socket in it, {deepest}, has {len(os.fsencode(deepest))} bytes and a "
+                         f"unix socket's path at most {UNIX_PATH_MAX}; choose a shorter --dir")
 
 
 def running(layout: Layout) -> bool:
@@ -265,10 +275,9 @@ def _plan_lbs(layout: Layout, with_prometheus: bool) -> None:
     layout.lbs = [LbSpec("lb1", next(ports), str(layout.run_dir / "lb1.sock"),
                          f"unix://{layout.run_dir / 'lb1.sock'}", None, next(ports),
                          **pool_fields("lb1", False))]
-    remote_socket = "/run/haproxy/admin.sock"  # as on a packaged LB host
     for lb_host in layout.lb_hosts:
-        layout.lbs.append(LbSpec(lb_host.name, next(ports), remote_socket,
-                                 f"ssh://root@{lb_host.address}{remote_socket}", lb_host.name,
+        layout.lbs.append(LbSpec(lb_host.name, next(ports), REMOTE_SOCKET,
+                                 f"ssh://root@{lb_host.address}{REMOTE_SOCKET}", lb_host.name,
                                  next(ports), **pool_fields(lb_host.name, True)))
     layout.prometheus_port = next(ports, None)
     layout.save()

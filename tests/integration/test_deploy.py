@@ -181,11 +181,13 @@ def test_sigterm_during_the_playbook_unwinds_safely(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout is not None
     lines = []
+    deploy_id = "(no step started)"
     for line in child.stdout:
         lines.append(line)
         event = json.loads(line)
         if event.get("event") == "step_started":
-            wait_for_playbook(event["deploy_id"])  # the playbook runs on the first batch
+            deploy_id = event["deploy_id"]
+            wait_for_playbook(deploy_id)  # the playbook runs on the first batch
             for _ in range(signals):
                 child.send_signal(signal.SIGTERM)
                 signal_delivered(child.pid, signal.SIGTERM)  # two signals, not one merged
@@ -205,7 +207,7 @@ def test_sigterm_during_the_playbook_unwinds_safely(
         assert after == before
     assert all_ready_and_up(lab)
     leftovers = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "rollout-cp-" not in leftovers  # no SSH master of the deploy is left
+    assert f"rollout-cp-{deploy_id}" not in leftovers  # no SSH master of the deploy is left
     assert not [ln for ln in leftovers.splitlines()
                 if "ansible-playbook" in ln and str(spec.parent) in ln]
 
