@@ -213,7 +213,7 @@ class BatchSteps(WarmupSteps):
         def watch() -> None:
             while not stop.wait(self.settings.guard_interval):
                 try:
-                    states = self.balancer.states()
+                    states = self.balancer.states(only=servers)
                 except BalancerError:
                     continue  # the main flow meets (and handles) a lost LB itself
                 reloaded, foreign = drift(states, applied.snapshot, servers)

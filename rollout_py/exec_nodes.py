@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout_py.errors import InputError
+from rollout_py.job_events import writing_events
 from rollout_py.runner_files import write_private_json
 from rollout_py.spec_executors import ExecutorsSpec, NodeSpec
 
@@ -197,7 +198,8 @@ class NodePool:
             try:
                 processor = ansible_runner.run(
                     streamer="process", _input=proc.stdout, private_data_dir=str(private),
-                    ident=node.name, event_handler=handler, quiet=True,
+                    ident=node.name, event_handler=writing_events(handler, artifact_dir),
+                    quiet=True,
                     cancel_callback=_never)
                 status = str(processor.status)
             finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rollout_py import executor_remote
+from rollout_py._display import CALLBACK_DIR
 from rollout_py._gate import PLUGIN_DIR as GATE_DIR
 from rollout_py._lifeline import lifeline_env
 from rollout_py.errors import ControllerError
@@ -29,6 +30,7 @@ from rollout_py.job_events import (
     keep_event,
     merge_stats,
     one_line,
+    writing_events,
 )
 from rollout_py.procs import close_control_dir
 from rollout_py.redact import Redactor
@@ -368,10 +370,14 @@ class AnsibleExecutor:
                 envvars=self._envvars(), settings=_runner_settings(private),
                 secrets=self.secret_vars, verbosity=self.verbosity)
 
+        ident = private.name  # the artifacts' dir: private/artifacts/<ident>
         return ansible_runner.run(**{
-            "private_data_dir": str(private), "inventory": self.inventory,
-            "envvars": self._envvars(), "quiet": True, "suppress_env_files": True,
-            "event_handler": handler, "cancel_callback": cancel,
+            "private_data_dir": str(private), "inventory": self.inventory, "ident": ident,
+            # ansible-runner's event callback without the start events (rollout_py._display)
+            "envvars": {**self._envvars(), "AWX_LIB_DIRECTORY": CALLBACK_DIR},
+            "quiet": True, "suppress_env_files": True,
+            "event_handler": writing_events(handler, private / "artifacts" / ident),
+            "cancel_callback": cancel,
             "settings": _runner_settings(private), "verbosity": self.verbosity or None,
             **kwargs})
 

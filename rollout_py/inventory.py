@@ -1,7 +1,10 @@
 """Reads the user's Ansible inventory with Ansible's own code: patterns, --limit, host vars.
 
 Templates in the spec (server names, probe URLs) are rendered per host with Ansible's templar,
-so they behave exactly as in a playbook.
+so they behave exactly as in a playbook. The common shape, literal text around bare
+``{{ name }}`` references to plain values (``http://{{ ansible_host }}:8080/health``), is
+substituted directly with what the templar would give: the templar compiles each template anew,
+~1 ms of CPU per host and template (see :func:`substitute`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,42 @@ from typing import Any
 from rollout_py.errors import InputError
 
 _WILDCARD = re.compile(r"[*?\[\]~]")
+_REFERENCE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_TEMPLATE_IN_VALUE = re.compile(r"\{[{%#]")  # a value that is itself a template
+_NOT_LITERAL = re.compile(r"[{}\n]")  # around references: braces, or a newline Jinja may strip
+
+
+def substitute(template: str, variables: Mapping[str, Any]) -> str | None:
+    """``template`` rendered when it is literal text (no braces, no newline) around bare
+    ``{{ name }}`` references to variables holding text that is not a template, or numbers:
+    exactly what Ansible's templar gives (tested against it). None for anything else (filters,
+    expressions, an undefined variable, a list, a value that is a template): the templar
+    renders those.
+
+    Example:
+        >>> substitute("http://{{ ansible_host }}:8080/", {"ansible_host": "10.0.0.5"})
+        'http://10.0.0.5:8080/'
+        >>> substitute("{{ ansible_host | default('x') }}", {}) is None
+        True
+    """
+    parts: list[str] = []
+    end = 0
+    for ref in _REFERENCE.finditer(template):
+        literal = template[end:ref.start()]
+        value = variables.get(ref.group(1), _REFERENCE)
+        if _NOT_LITERAL.search(literal):
+            return None
+        if isinstance(value, str) and not _TEMPLATE_IN_VALUE.search(value):
+            parts += (literal, value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            parts += (literal, str(value))
+        else:
+            return None
+        end = ref.end()
+    if _NOT_LITERAL.search(template[end:]):
+        return None
+    parts.append(template[end:])
+    return "".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +111,18 @@ class Inventory:
     def render(self, template: str, host: InventoryHost,
                extra: Mapping[str, Any] | None = None) -> str:
         """Renders a spec template (e.g. ``{{ ansible_host }}``) with one host's variables."""
+        variables = {**host.vars, **(extra or {})}
+        fast = substitute(template, variables)
+        if fast is not None:
+            return fast
+        return self.render_with_templar(template, host, variables)
+
+    def render_with_templar(self, template: str, host: InventoryHost,
+                            variables: Mapping[str, Any]) -> str:
+        """:meth:`render` by Ansible's templar, whatever the template."""
         from ansible.errors import AnsibleError
         from ansible.template import Templar, trust_as_template
 
-        variables = {**host.vars, **(extra or {})}
         try:
             value = Templar(loader=self._loader, variables=variables).template(
                 trust_as_template(template))

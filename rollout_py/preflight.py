@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import requests
+import urllib3
 
 from rollout_py import events as ev
 from rollout_py.balancer.fleet import Balancer, out_of_rotation
@@ -16,6 +16,7 @@ from rollout_py.balancer.runtime import ServerState
 from rollout_py.errors import BalancerError, PreflightError, StateError
 from rollout_py.executor import Executor
 from rollout_py.planner import Plan
+from rollout_py.probes import http_get
 from rollout_py.state import StateDir
 
 if TYPE_CHECKING:
@@ -29,13 +30,11 @@ def version_reader(ctx: Context) -> Callable[[str], str | None]:
 
     def one(name: str) -> str | None:
         target = ctx.inventory.render(url, ctx.host(name))
-        try:
-            with requests.Session() as session:
-                session.trust_env = False
-                resp = session.get(target, timeout=3)
-            return resp.text.strip() or None if resp.status_code == 200 else None
-        except requests.RequestException:
+        try:  # as an http probe reads it (no proxy, no redirect): a few times cheaper
+            status, text = http_get(target, 3)
+        except (OSError, ValueError, urllib3.exceptions.HTTPError):
             return None
+        return text.strip() or None if status == 200 else None
 
     return one
 

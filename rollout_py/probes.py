@@ -46,6 +46,42 @@ def _json_path(data: Any, path: str) -> Any:
     return data
 
 
+def http_get(url: str, timeout: float) -> tuple[int, str]:
+    """GET ``url``: its status and its body as text (the response's charset, else UTF-8).
+
+    One connection of urllib3 (requests' own transport) per call, closed after it: half the
+    CPU of a GET through requests (Session, preparation, hooks), which the continuous watch
+    spends on every host each second. Never a pooled connection: a server that closes it late
+    (a loaded host) would fail the next call that reused it. No proxy from the environment,
+    the CA bundle requests uses, no redirects. Raises OSError, ValueError (not an http(s)
+    URL) or urllib3's HTTPError.
+    """
+    parts = parse_url(url)
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise ValueError(f"not an http(s) URL: {url}")
+    conn: HTTPConnection
+    if parts.scheme == "https":
+        conn = HTTPSConnection(parts.host, parts.port or 443, timeout=timeout,
+                               cert_reqs="CERT_REQUIRED", ca_certs=DEFAULT_CA_BUNDLE_PATH)
+    else:
+        conn = HTTPConnection(parts.host, parts.port or 80, timeout=timeout)
+    headers = {"Connection": "close"}
+    if parts.auth:
+        headers |= make_headers(basic_auth=parts.auth)
+    try:
+        conn.request("GET", parts.request_uri, headers=headers)
+        resp = conn.getresponse()
+        data = resp.data
+    finally:
+        conn.close()
+    charset = resp.headers.get("Content-Type", "").partition("charset=")[2]
+    charset = charset.split(";")[0].strip().strip('"') or "utf-8"
+    try:
+        return resp.status, data.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        return resp.status, data.decode("utf-8", errors="replace")
+
+
 class Prober:
     """Runs checks. ``command`` probes go through the executor; ``haproxy`` through ``up``."""
 
@@ -74,37 +110,9 @@ class Prober:
         return f"unknown probe {check.kind}"
 
     def _http(self, url: str, spec: HttpProbe) -> str | None:
-        # One connection of urllib3 (requests' own transport) per probe, closed after it:
-        # half the CPU of a probe through requests (Session, preparation, hooks), which the
-        # continuous watch spends on every host each second. Never a pooled connection: a
-        # server that closes it late (a loaded host) would fail the next probe that reused
-        # it. No proxy from the environment, the CA bundle requests uses, no redirects.
-        parts = parse_url(url)
-        if parts.scheme not in ("http", "https") or not parts.host:
-            raise ValueError(f"not an http(s) URL: {url}")
-        conn: HTTPConnection
-        if parts.scheme == "https":
-            conn = HTTPSConnection(parts.host, parts.port or 443, timeout=spec.timeout,
-                                   cert_reqs="CERT_REQUIRED", ca_certs=DEFAULT_CA_BUNDLE_PATH)
-        else:
-            conn = HTTPConnection(parts.host, parts.port or 80, timeout=spec.timeout)
-        headers = {"Connection": "close"}
-        if parts.auth:
-            headers |= make_headers(basic_auth=parts.auth)
-        try:
-            conn.request("GET", parts.request_uri, headers=headers)
-            resp = conn.getresponse()
-            data = resp.data
-        finally:
-            conn.close()
-        charset = resp.headers.get("Content-Type", "").partition("charset=")[2]
-        charset = charset.split(";")[0].strip().strip('"') or "utf-8"
-        try:
-            text = data.decode(charset, errors="replace")
-        except LookupError:  # a charset Python does not know
-            text = data.decode("utf-8", errors="replace")
-        if resp.status != spec.status:
-            return f"status {resp.status}, expected {spec.status}"
+        status, text = http_get(url, spec.timeout)
+        if status != spec.status:
+            return f"status {status}, expected {spec.status}"
         if spec.body is not None and spec.body not in text:
             return f"body does not contain {spec.body!r}: {text[:80]!r}"
         if spec.match is not None and not re.search(spec.match, text):

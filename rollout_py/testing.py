@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,11 +220,14 @@ class FakeBalancer:
         if self.fleet.balancer_fails_on == what:
             raise BalancerError(f"injected failure on {what}")
 
-    def states(self) -> dict[str, dict[str, ServerState]]:
+    def states(self, only: Collection[str] | None = None
+               ) -> dict[str, dict[str, ServerState]]:
         out: dict[str, dict[str, ServerState]] = {}
         for lb, servers in self.fleet.servers.items():
             out[lb] = {}
             for name, srv in servers.items():
+                if only is not None and name not in only:
+                    continue
                 running = self.fleet.healthy(name) and srv.admin != "MAINT"
                 out[lb][name] = ServerState("app", name, name, 2 if running else 0,
                                             _ADMIN_BITS[srv.admin], srv.weight, 8080)

@@ -96,7 +96,7 @@ case "${1:-}" in
         echo "== ansible-lint (production profile)"
         "$VENV/bin/ansible-lint" --offline --profile production playbooks roles
         echo "== unit tests"
-        "$VENV/bin/python" -m pytest tests/unit -q -n 2
+        "$VENV/bin/python" -m pytest tests/unit -q
         echo "== lab tests (integration, faults, molecule)"
         # Two workers, a test file each at a time (a module shares its lab); the labs are
         # independent (own namespaces, bridge, addresses, ports) and most of a lab test is

@@ -6,7 +6,7 @@ A step either holds on every LB or is reported; the engine undoes what a failed 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,7 +38,8 @@ class Balancer(Protocol):
     @property
     def urls(self) -> Sequence[str]: ...
 
-    def states(self) -> dict[str, dict[str, ServerState]]: ...
+    def states(self, only: Collection[str] | None = None
+               ) -> dict[str, dict[str, ServerState]]: ...
     def admin_levels(self) -> dict[str, bool]: ...
     def snapshot(self, servers: Sequence[str]) -> Snapshot: ...
     def set_state(self, servers: Sequence[str], state: SetState) -> None: ...
@@ -64,8 +65,11 @@ class HAProxyFleet:
         self.backend = backend
         self.urls = [a.url for a in apis]
 
-    def states(self) -> dict[str, dict[str, ServerState]]:
-        return {a.url: {s.name: s for s in a.servers_state(self.backend)} for a in self.apis}
+    def states(self, only: Collection[str] | None = None
+               ) -> dict[str, dict[str, ServerState]]:
+        """Every LB's servers of the backend (with ``only``, just those)."""
+        return {a.url: {s.name: s for s in a.servers_state(self.backend, only)}
+                for a in self.apis}
 
     def admin_levels(self) -> dict[str, bool]:
         """Whether each LB's socket grants the admin level (needed to change server states)."""

@@ -3,6 +3,7 @@ writes to the artifacts, and that the run's settings reach ansible-runner (no An
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,7 +40,8 @@ JOBS = [
 
 
 class FakeRun:
-    """ansible_runner.run: feeds the handler, records what it would have written."""
+    """ansible_runner.run: feeds the handler; ``written`` is what is in the run's job_events
+    afterwards, ``runner_wrote`` what the handler left to ansible-runner to write."""
 
     def __init__(self, jobs: list[dict[str, Any]], status: str = "successful",
                  disk_stats: dict[str, Any] | None = None) -> None:
@@ -47,14 +49,27 @@ class FakeRun:
         self.status = status
         self.disk_stats = disk_stats
         self.written: list[tuple[str, str | None]] = []
+        self.runner_wrote: list[str] = []
         self.kwargs: dict[str, Any] = {}
         self.stats_read = False
+        self.events_dir = Path()
 
     def __call__(self, **kwargs: Any) -> Any:
         self.kwargs = kwargs
-        for event in self.jobs:
+        self.events_dir = Path(kwargs["private_data_dir"], "artifacts", kwargs["ident"],
+                               "job_events")
+        self.events_dir.mkdir(parents=True)  # as ansible-runner does before the run
+        fed = [{**event, "counter": n} for n, event in enumerate(self.jobs, 1)]
+        for event in fed:
             if kwargs["event_handler"](event):
-                self.written.append((event["event"], event["event_data"].get("host")))
+                self.runner_wrote.append(event["event"])
+        files = sorted(self.events_dir.iterdir(), key=lambda f: int(f.name.split("-")[0]))
+        for file in files:
+            event = json.loads(file.read_text())
+            assert file.name == f"{event['counter']}-{event['uuid']}.json"
+            assert file.stat().st_mode & 0o777 == 0o600
+            assert event == next(e for e in fed if e["uuid"] == event["uuid"])
+            self.written.append((event["event"], event["event_data"].get("host")))
         fake = self
 
         class Runner:
@@ -85,6 +100,8 @@ def test_an_upgrade_run_keeps_what_timeline_and_resume_read(
     assert result.hosts == {"a": "ok", "b": "failed: t: boom", "c": "ok", "d": "not run"}
     assert result.previous_versions == {"a": "1", "b": "1"}
     assert not fake.stats_read  # the outcome came from the streamed playbook_on_stats
+    assert fake.runner_wrote == []  # every kept event is written by the handler itself
+    assert not list(fake.events_dir.glob("*.tmp"))
     assert ("runner_on_start", "a") not in fake.written
     assert fake.written == [
         ("playbook_on_start", None), ("playbook_on_play_start", None),

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from rollout_py import executor as executor_mod
 from rollout_py.executor import AnsibleExecutor
-from rollout_py.playbook_session import check_hosts
+from rollout_py.playbook_session import GATE_TASK, check_hosts
 from rollout_py.timeline_runs import load_runs
 
 HOSTS = ["h1", "h2", "h3", "h4"]
@@ -282,3 +283,33 @@ def test_the_session_is_ready_at_its_first_gate_before_any_batch_is_let_through(
                             control_dir=str(tmp_path / "cp2"))
     assert plain.wait_batches(0)  # no session: nothing to wait for
     plain.close()
+
+
+def test_runs_stream_no_start_event_per_host_but_the_sessions_own(
+        fleet: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local runs use rollout_py's awx_display (rollout_py._display): no runner_on_start
+    event per host and task, except the session's own tasks (its readiness is the first
+    gate's start); every result still has its start time."""
+    seen: list[tuple[str, str, Any]] = []
+    writing = executor_mod.writing_events
+
+    def spy(handler: Any, artifact_dir: Path) -> Any:
+        inner = writing(handler, artifact_dir)
+
+        def on_event(event: dict[str, Any]) -> bool:
+            data = event.get("event_data") or {}
+            seen.append((event["event"], str(data.get("task", "")), data.get("start")))
+            return bool(inner(event))
+        return on_event
+
+    monkeypatch.setattr(executor_mod, "writing_events", spy)
+    inventory, playbook = fleet
+    with prepared(playbook, tmp_path, inventory) as ex:
+        assert run(ex, playbook, 1).ok
+    assert run(executor(tmp_path, inventory), playbook, 2).ok  # a run of its own
+    starts = [task for kind, task, _ in seen if kind == "runner_on_start"]
+    assert GATE_TASK.format(1) in starts
+    assert all(task.startswith("rollout: ") for task in starts), starts
+    results = [start for kind, task, start in seen
+               if kind == "runner_on_ok" and not task.startswith("rollout: ")]
+    assert len(results) >= 4 and all(results)

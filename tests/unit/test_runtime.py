@@ -29,6 +29,18 @@ def test_parse_servers_state_reads_admin_and_op_states() -> None:
     assert rows["app01"].port == 8080 and rows["app01"].address == "10.213.1.11"
 
 
+def test_parse_servers_state_only_some_servers() -> None:
+    every = {s.name: s for s in parse_servers_state(STATE)}
+    some = parse_servers_state(STATE, only={"app03", "app01", "app99"})
+    assert [s.name for s in some] == ["app01", "app03"]
+    assert some == (every["app01"], every["app03"])
+    assert parse_servers_state(STATE, only=()) == ()
+    # A line it cannot read is still an error when its server is asked for.
+    with pytest.raises(BalancerError, match="line: 'app a"):
+        parse_servers_state("1\n# be_name srv_name srv_addr srv_op_state srv_admin_state "
+                            "srv_uweight\napp a 1\n", only={"a"})
+
+
 def test_parse_servers_state_rejects_garbage() -> None:
     with pytest.raises(BalancerError):
         parse_servers_state("1\nno header here\n")
