@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from rollout_py import executor as executor_mod
+from rollout_py import job_events
 from rollout_py.executor import AnsibleExecutor
 from rollout_py.playbook_session import GATE_TASK, check_hosts
 from rollout_py.timeline_runs import load_runs
@@ -291,7 +292,7 @@ def test_runs_stream_no_start_event_per_host_but_the_sessions_own(
     event per host and task, except the session's own tasks (its readiness is the first
     gate's start); every result still has its start time."""
     seen: list[tuple[str, str, Any]] = []
-    writing = executor_mod.writing_events
+    writing = job_events.writing_events
 
     def spy(handler: Any, artifact_dir: Path) -> Any:
         inner = writing(handler, artifact_dir)
