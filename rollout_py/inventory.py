@@ -21,6 +21,7 @@ _WILDCARD = re.compile(r"[*?\[\]~]")
 _REFERENCE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _TEMPLATE_IN_VALUE = re.compile(r"\{[{%#]")  # a value that is itself a template
 _NOT_LITERAL = re.compile(r"[{}\n]")  # around references: braces, or a newline Jinja may strip
+_UNDEFINED = object()
 
 
 def substitute(template: str, variables: Mapping[str, Any]) -> str | None:
@@ -40,7 +41,7 @@ def substitute(template: str, variables: Mapping[str, Any]) -> str | None:
     end = 0
     for ref in _REFERENCE.finditer(template):
         literal = template[end:ref.start()]
-        value = variables.get(ref.group(1), _REFERENCE)
+        value = variables.get(ref.group(1), _UNDEFINED)
         if _NOT_LITERAL.search(literal):
             return None
         if isinstance(value, str) and not _TEMPLATE_IN_VALUE.search(value):

@@ -94,7 +94,7 @@ def _validate(lab_dir: Path, n_hosts: int, n_lbs: int, n_pools: int = 1, n_exec:
         raise InputError(f"lab dir {str(lab_dir)!r} must not contain spaces or commas "
                          "(it is written into an Ansible inventory)")
     # `up` reaches LB2's admin socket through the lab dir (before SSH to it works).
-    deepest = lab_dir / "hosts" / f"lb{n_lbs}" / Path(REMOTE_SOCKET).relative_to("/")
+    deepest = _socket_in_lab_dir(lab_dir / "hosts" / f"lb{n_lbs}", REMOTE_SOCKET)
     if n_lbs > 1 and len(os.fsencode(deepest)) > UNIX_PATH_MAX:
         raise InputError(f"lab dir {str(lab_dir)!r} is too long: the path of LB{n_lbs}'s admin "
                          f"socket in it, {deepest}, has {len(os.fsencode(deepest))} bytes and a "
@@ -290,11 +290,16 @@ def lb_api(layout: Layout, lb: LbSpec) -> RuntimeAPI:
     return RuntimeAPI(open_transport(lb.socket_url, ssh=ssh))
 
 
+def _socket_in_lab_dir(host_dir: Path, socket_path: str) -> Path:
+    """Where a namespace host's ``/run/...`` socket is in the root namespace (its host dir)."""
+    return host_dir / "run" / Path(socket_path).relative_to("/run")
+
+
 def _local_lb_api(layout: Layout, lb: LbSpec) -> RuntimeAPI:
     """A root-namespace path to an LB's socket, for waiting during ``up`` without SSH."""
     if lb.host is None:
         return RuntimeAPI(open_transport(lb.socket_url))
-    path = layout.host_dir(lb.host) / "run" / Path(lb.socket_path).relative_to("/run")
+    path = _socket_in_lab_dir(layout.host_dir(lb.host), lb.socket_path)
     return RuntimeAPI(open_transport(f"unix://{path}"))
 
 
