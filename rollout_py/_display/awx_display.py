@@ -1,11 +1,13 @@
 """Ansible stdout callback: ansible-runner's ``awx_display`` without a ``runner_on_start`` event
-per host and task.
+per host and task, nor an item event of the session's own loops.
 
 Every job event costs the controller a partial file to read and remove and an encoded copy in
 the output to decode (~0.3 ms of CPU), and Ansible a file and the encoding. A start event comes
 before every host's result of every task, about 45 % of a run's events, and the controller
 reads none (the result carries its own start time). The session's own tasks (named
-``rollout: ...``) keep theirs: the first gate's start says the session is ready.
+``rollout: ...``) keep theirs: the first gate's start says the session is ready. Their loops'
+items (a batch joining its group: one item per host) make no event nor output line: the task's
+result has every item's result, and nothing reads them one by one.
 Loaded by Ansible in the runs ansible-runner starts (see ``rollout_py._display``).
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 from ansible_runner.display_callback.callback import awx_display as runner_display
 
 DOCUMENTATION = runner_display.DOCUMENTATION
-KEPT_PREFIX = "rollout: "  # tasks whose start events are kept
+KEPT_PREFIX = "rollout: "  # the session's own tasks: their start events kept, items not
 
 
 class CallbackModule(runner_display.CallbackModule):  # type: ignore[misc]  # no type information
@@ -30,3 +32,8 @@ class CallbackModule(runner_display.CallbackModule):  # type: ignore[misc]  # no
         # callback's own output (nothing unless its show_per_host_start is set).
         self._host_start[host.get_name()] = runner_display.current_time()
         super(runner_display.CallbackModule, self).v2_runner_on_start(host, task)
+
+    def v2_runner_item_on_ok(self, result: Any) -> None:
+        if str(result._task.get_name()).startswith(KEPT_PREFIX):
+            return  # no event, no line (the default callback's would be one more event)
+        super().v2_runner_item_on_ok(result)

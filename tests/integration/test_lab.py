@@ -174,9 +174,9 @@ def test_check_mode_of_a_release_not_installed_passes_and_changes_nothing(
     (["-e", "rollout_version=bad..v"],
      'invalid app_release_version "bad..v": must be a string of letters'),
     (["-e", "rollout_version=2.0", "-e", "app_release_root=srv/app"],
-     'invalid settings: app_release_root "srv/app" must be absolute and not /'),
+     'invalid app_release_root "srv/app": must be absolute and not /'),
     (["-e", "rollout_version=2.0", "-e", '{"app_release_keep": 0}'],
-     "app_release_keep 0 must be >= 1"),
+     "invalid app_release_keep 0: must be >= 1"),
 ], ids=["version", "root", "keep"])
 def test_deploy_playbook_refuses_bad_settings_naming_them(
         lab: Layout, tmp_path: Path, extra: list[str], message: str) -> None:

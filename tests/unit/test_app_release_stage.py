@@ -202,7 +202,7 @@ class Run:
     """One ansible-playbook run of the role: its outcome per task and host, and its stats."""
 
     def __init__(self, tmp_path: Path, version: str, tags: str | None = None,
-                 check: bool = False) -> None:
+                 check: bool = False, extra: dict[str, Any] | None = None) -> None:
         (tmp_path / "playbook.yml").write_text(PLAYBOOK)
         runs = tmp_path / "runs"
         runs.mkdir(exist_ok=True)
@@ -214,7 +214,8 @@ class Run:
             # Given a cancel callback, ansible-runner installs no SIGINT/SIGTERM handlers of
             # its own in this process (they would outlive the test).
             cancel_callback=lambda: False,
-            extravars={"version": version, "artifact_dir": str(tmp_path / "artifacts")},
+            extravars={"version": version, "artifact_dir": str(tmp_path / "artifacts"),
+                       **(extra or {})},
             envvars={"ANSIBLE_ROLES_PATH": str(REPO / "roles")})
         self.rc = result.rc
         self.results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -321,3 +322,70 @@ def test_a_missing_artifact_fails_the_stage_naming_it(tmp_path: Path,
     assert run.stage("h1")["msg"] == f'artifact "{missing}" not found on the controller'
     assert run.previous == {"h1": "1.0", "h2": None}  # reported all the same
     assert releases(hosts["h1"]) == ["0.1", "0.2", "1.0"]  # nor pruned
+
+
+def test_each_step_is_one_result_per_host_and_reports_the_previous_release(
+        tmp_path: Path, hosts: dict[str, Path]) -> None:
+    """Each task costs every host a worker and a job event: a good run is the argument spec's
+    check, the stage and the switch per host, nothing else; the modules report the previous
+    release themselves (set_stats' ansible_stats in their results)."""
+    run = Run(tmp_path, "2.0")
+    assert run.rc == 0
+    for host in hosts:
+        tasks = {task for task, h in run.status if h == host}
+        assert {t for t in tasks if not t.startswith("Validating arguments")} == {
+            STAGE_TASK, SWITCH_TASK}, tasks
+    stats = run.stage("h1")["ansible_stats"]
+    assert stats == {"data": {"rollout_previous_version": {"h1": "1.0"}},
+                     "per_host": False, "aggregate": True}
+    assert run.previous == {"h1": "1.0", "h2": None}
+
+
+def test_a_failed_switch_fails_the_host_with_its_message_and_reports_the_previous_release(
+        tmp_path: Path, hosts: dict[str, Path]) -> None:
+    """What a rollback needs after a restart that failed once current was switched."""
+    run = Run(tmp_path, "2.0", extra={"app_release_restart_method": "command",
+                                      "app_release_restart_command": "/bin/false"})
+    assert run.rc != 0
+    assert run.status[(SWITCH_TASK, "h1")] == "failed"
+    message = run.results[(SWITCH_TASK, "h1")]["msg"]
+    assert message.startswith("rc 1")
+    assert run.status[("Fail as the switch failed", "h1")] == "failed"
+    assert run.results[("Fail as the switch failed", "h1")]["msg"] == message
+    assert run.previous == {"h1": "1.0", "h2": None}
+    assert os.readlink(hosts["h1"] / "current") == str(hosts["h1"] / "releases" / "2.0")
+
+
+@pytest.mark.parametrize(("version", "extra", "message"), [
+    ("bad..v", {}, 'invalid app_release_version "bad..v": must be a string of letters'),
+    ("-x", {}, 'invalid app_release_version "-x"'),
+    ("2.0", {"app_release_root": "srv/app"},
+     'invalid app_release_root "srv/app": must be absolute and not /'),
+    ("2.0", {"app_release_root": "/"}, 'invalid app_release_root "/"'),
+    ("2.0", {"app_release_keep": 0}, "invalid app_release_keep 0: must be >= 1"),
+], ids=["dots", "dash", "relative-root", "slash-root", "keep"])
+def test_bad_settings_fail_the_stage_before_anything_naming_them(
+        tmp_path: Path, hosts: dict[str, Path], version: str, extra: dict[str, Any],
+        message: str) -> None:
+    before = {h: sorted(str(p) for p in root.rglob("*")) for h, root in hosts.items()}
+    run = Run(tmp_path, version, extra=extra)
+    assert run.rc != 0
+    assert run.status[(STAGE_TASK, "h1")] == "failed"
+    assert run.results[(STAGE_TASK, "h1")]["msg"].startswith(message)
+    assert (SWITCH_TASK, "h1") not in run.status
+    assert {h: sorted(str(p) for p in root.rglob("*")) for h, root in hosts.items()} == before
+
+
+@pytest.mark.parametrize(("version", "extra", "message"), [
+    ("bad..v", {}, 'invalid release "'),
+    ("../../etc", {}, 'invalid release "'),
+    ("2.0", {"app_release_root": "srv/app"}, 'invalid app_release_root "srv/app"'),
+], ids=["dots", "escape", "relative-root"])
+def test_a_switch_alone_refuses_bad_settings_before_anything(
+        tmp_path: Path, hosts: dict[str, Path], version: str, extra: dict[str, Any],
+        message: str) -> None:
+    """``--tags switch`` runs no stage: the switch module checks what it is given itself."""
+    run = Run(tmp_path, version, tags="switch,untagged", extra=extra)
+    assert run.rc != 0
+    assert run.results[(SWITCH_TASK, "h1")]["msg"].startswith(message)
+    assert os.readlink(hosts["h1"] / "current") == str(hosts["h1"] / "releases" / "1.0")

@@ -24,7 +24,7 @@ description:
     release that would be staged counts as the newest when pruning). Changes nothing.
 options:
   root:
-    description: Application root (holds C(releases/) and C(current)).
+    description: Absolute application root (holds C(releases/) and C(current)), not C(/).
     type: path
     required: true
   release:
@@ -36,11 +36,13 @@ options:
     type: path
     required: true
   version:
-    description: The release's name (the basename of I(release)).
+    description:
+      - The release's name (the basename of I(release)), checked before anything else - a
+        letter or digit, then letters, digits and C(. _ + -), at most 64 characters, no C(..).
     type: str
     required: true
   keep:
-    description: Number of newest release directories to keep when pruning.
+    description: Number of newest release directories to keep when pruning (at least 1).
     type: int
     default: 5
   stage:
@@ -57,6 +59,13 @@ options:
         removed once unpacked. Without it a release that needs staging is reported
         (C(needs_artifact)), not staged.
     type: path
+  report_as:
+    description:
+      - When set, the result reports I(previous) as C(set_stats) would (C(ansible_stats),
+        run-wide, aggregated) under C(rollout_previous_version), keyed by this name (the
+        role passes C(inventory_hostname)). A successful result only; Ansible ignores the
+        stats of a failed one.
+    type: str
 author: rollout_py
 """
 
@@ -95,10 +104,16 @@ removed:
   type: list
   elements: str
   returned: always
+ansible_stats:
+  description: I(previous) under C(rollout_previous_version), keyed by I(report_as).
+  type: dict
+  returned: when I(report_as) is set
 """
 
 import contextlib  # noqa: E402  # after the documentation, as Ansible modules are laid out
+import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import stat  # noqa: E402
 import tarfile  # noqa: E402
@@ -110,6 +125,31 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 class UnsafeArchive(Exception):
     pass
+
+
+# A release's name: what may go into a path and a command (app_release_switch checks the same).
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
+
+
+def invalid_settings(version: str, root: str, keep: int) -> str | None:
+    """What is wrong with the settings, naming the role's variable; None if nothing."""
+    if not VERSION.match(version) or ".." in version:
+        return (f"invalid app_release_version {json.dumps(version)}: must be a string of "
+                f"letters, digits and . _ + - (starting with a letter or digit, at most 64 "
+                f"characters), without '..'")
+    if not os.path.isabs(root) or not root.rstrip("/"):
+        return f"invalid app_release_root {json.dumps(root)}: must be absolute and not /"
+    if keep < 1:
+        return f"invalid app_release_keep {keep}: must be >= 1"
+    return None
+
+
+def reported(host: str | None, previous: str | None) -> dict[str, Any]:
+    """The result's part that reports ``previous`` as set_stats does (run-wide, aggregated)."""
+    if not host:
+        return {}
+    return {"ansible_stats": {"data": {"rollout_previous_version": {host: previous}},
+                              "per_host": False, "aggregate": True}}
 
 
 def read_previous(root: str) -> str | None:
@@ -229,12 +269,14 @@ def main() -> None:
             "stage": {"type": "bool", "default": True},
             "prune": {"type": "bool", "default": True},
             "src": {"type": "path"},
+            "report_as": {"type": "str"},
         },
         supports_check_mode=True,
     )
     p = module.params
-    if p["keep"] < 1:
-        module.fail_json(msg=f"keep must be >= 1, not {p['keep']}")
+    bad = invalid_settings(p["version"], p["root"], p["keep"])
+    if bad:
+        module.fail_json(msg=bad)
     release = os.path.normpath(p["release"])
     version = p["version"]
     releases = os.path.join(p["root"], "releases")
@@ -244,7 +286,8 @@ def main() -> None:
     ready = previous == version or os.path.exists(p["marker"])
     to_stage = p["stage"] and not ready
     result: dict[str, Any] = {"changed": False, "previous": previous, "staged": ready,
-                              "unpacked": False, "needs_artifact": False, "removed": []}
+                              "unpacked": False, "needs_artifact": False, "removed": [],
+                              **reported(p["report_as"], previous)}
     if to_stage and p["src"] is None:
         result["needs_artifact"] = True
         if not module.check_mode:  # the action plugin comes back with src

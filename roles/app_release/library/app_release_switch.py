@@ -16,11 +16,13 @@ description:
   - Supports check mode (reports what would change, the link's as a diff; nothing is run).
 options:
   root:
-    description: Application root (holds C(releases/) and C(current)).
+    description: Absolute application root (holds C(releases/) and C(current)), not C(/).
     type: path
     required: true
   release:
-    description: The release directory current must point at.
+    description:
+      - The release directory current must point at, C(<root>/releases/<version>). Checked
+        before anything else, its version as app_release_stage checks it.
     type: path
     required: true
   marker:
@@ -41,6 +43,13 @@ options:
         there yet); without it, a missing marker refuses the switch.
     type: bool
     default: false
+  report_as:
+    description:
+      - When set, the result reports I(previous) as C(set_stats) would (C(ansible_stats),
+        run-wide, aggregated) under C(rollout_previous_version), keyed by this name (the
+        role passes C(inventory_hostname)). A successful result only; Ansible ignores the
+        stats of a failed one.
+    type: str
 author: rollout_py
 """
 
@@ -62,12 +71,35 @@ restarted:
   description: Whether the restart command ran (or would run, in check mode).
   type: bool
   returned: always
+ansible_stats:
+  description: I(previous) under C(rollout_previous_version), keyed by I(report_as).
+  type: dict
+  returned: when I(report_as) is set
 """
 
-import os  # noqa: E402  # after the documentation, as Ansible modules are laid out
+import json  # noqa: E402  # after the documentation, as Ansible modules are laid out
+import os  # noqa: E402
+import re  # noqa: E402
 import shlex  # noqa: E402
+from typing import Any  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+# A release's name, as app_release_stage checks it (a module is one self-contained file).
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z")
+
+
+def invalid_release(root: str, release: str) -> str | None:
+    """What is wrong with the root or the release dir, naming the role's variable."""
+    if not os.path.isabs(root) or not root.rstrip("/"):
+        return f"invalid app_release_root {json.dumps(root)}: must be absolute and not /"
+    name = os.path.basename(release.rstrip("/"))
+    if (os.path.normpath(release) != os.path.join(os.path.normpath(root), "releases", name)
+            or not VERSION.match(name) or ".." in name):
+        return (f"invalid release {json.dumps(release)}: must be {root.rstrip('/')}/releases/"
+                f"<app_release_version>, a version of letters, digits and . _ + - (starting "
+                f"with a letter or digit, at most 64 characters), without '..'")
+    return None
 
 
 def main() -> None:
@@ -79,10 +111,14 @@ def main() -> None:
             "restart_command": {"type": "str", "default": ""},
             "force_restart": {"type": "bool", "default": False},
             "staged": {"type": "bool", "default": False},
+            "report_as": {"type": "str"},
         },
         supports_check_mode=True,
     )
     p = module.params
+    bad = invalid_release(p["root"], p["release"])
+    if bad:
+        module.fail_json(msg=bad, previous=None, restarted=False)
     current = os.path.join(p["root"], "current")
     release = os.path.normpath(p["release"])
     previous = None
@@ -99,7 +135,11 @@ def main() -> None:
                              f"({p['marker']} missing)", previous=previous, restarted=False)
     switch = target != release
     restart = bool(p["restart_command"].strip()) and (switch or p["force_restart"])
-    result = {"changed": switch or restart, "previous": previous, "restarted": restart}
+    result: dict[str, Any] = {"changed": switch or restart, "previous": previous,
+                              "restarted": restart}
+    if p["report_as"]:  # as set_stats reports it (run-wide, aggregated)
+        result["ansible_stats"] = {"data": {"rollout_previous_version": {p["report_as"]: previous}},
+                                   "per_host": False, "aggregate": True}
     if module._diff and switch:  # as ansible.builtin.file shows a link's change
         result["diff"] = {"before": {"path": current, "src": target or ""},
                           "after": {"path": current, "src": release}}
