@@ -1,5 +1,6 @@
 """Ansible stdout callback: ansible-runner's ``awx_display`` without a ``runner_on_start`` event
-per host and task, nor an item event of the session's own loops.
+per host and task, an ok event of a role's argument check, or an item event of the session's
+own loops.
 
 Every job event costs the controller a partial file to read and remove and an encoded copy in
 the output to decode (~0.3 ms of CPU), and Ansible a file and the encoding. A start event comes
@@ -7,7 +8,10 @@ before every host's result of every task, about 45 % of a run's events, and the 
 reads none (the result carries its own start time). The session's own tasks (named
 ``rollout: ...``) keep theirs: the first gate's start says the session is ready. Their loops'
 items (a batch joining its group: one item per host) make no event nor output line: the task's
-result has every item's result, and nothing reads them one by one.
+result has every item's result, and nothing reads them one by one. The check Ansible runs
+before a role with an argument spec (``validate_argument_spec``, per host, each time the role
+runs) makes no event nor line when it passes, a third of a batch's events with the app_release
+role; a failed check is a failure like any other.
 Loaded by Ansible in the runs ansible-runner starts (see ``rollout_py._display``).
 """
 
@@ -19,6 +23,9 @@ from ansible_runner.display_callback.callback import awx_display as runner_displ
 
 DOCUMENTATION = runner_display.DOCUMENTATION
 KEPT_PREFIX = "rollout: "  # the session's own tasks: their start events kept, items not
+# Actions whose passing results make no event (the task's resolved name, e.g.
+# ansible.builtin.validate_argument_spec, ends with one of these).
+QUIET_OK = ("validate_argument_spec",)
 
 
 class CallbackModule(runner_display.CallbackModule):  # type: ignore[misc]  # no type information
@@ -37,3 +44,13 @@ class CallbackModule(runner_display.CallbackModule):  # type: ignore[misc]  # no
         if str(result._task.get_name()).startswith(KEPT_PREFIX):
             return  # no event, no line (the default callback's would be one more event)
         super().v2_runner_item_on_ok(result)
+
+    def v2_runner_item_on_skipped(self, result: Any) -> None:
+        if str(result._task.get_name()).startswith(KEPT_PREFIX):
+            return  # a batch that never joins (the session stopped at its gate)
+        super().v2_runner_item_on_skipped(result)
+
+    def v2_runner_on_ok(self, result: Any) -> None:
+        if str(result._task.action).rsplit(".", 1)[-1] in QUIET_OK:
+            return  # no event, no line
+        super().v2_runner_on_ok(result)

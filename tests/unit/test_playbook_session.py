@@ -314,3 +314,51 @@ def test_runs_stream_no_start_event_per_host_but_the_sessions_own(
     results = [start for kind, task, start in seen
                if kind == "runner_on_ok" and not task.startswith("rollout: ")]
     assert len(results) >= 4 and all(results)
+
+
+def test_a_passing_argument_check_and_the_sessions_items_make_no_event_a_failed_check_does(
+        fleet: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rollout_py's awx_display: Ansible's argument check before a role (per host, each time
+    the role runs) makes no event when it passes, nor does a batch joining its group per host;
+    a failed check is a failure with its message, and the task after it still reports."""
+    seen: list[tuple[str, str, str]] = []
+    writing = job_events.writing_events
+
+    def spy(handler: Any, artifact_dir: Path) -> Any:
+        inner = writing(handler, artifact_dir)
+
+        def on_event(event: dict[str, Any]) -> bool:
+            data = event.get("event_data") or {}
+            seen.append((event["event"], str(data.get("task_action", "")),
+                         str(data.get("task", ""))))
+            return bool(inner(event))
+        return on_event
+
+    monkeypatch.setattr(executor_mod, "writing_events", spy)
+    inventory, _ = fleet
+    role = tmp_path / "roles" / "checked"
+    (role / "meta").mkdir(parents=True)
+    (role / "tasks").mkdir()
+    (role / "meta" / "argument_specs.yml").write_text(
+        "argument_specs:\n  main:\n    options:\n      checked_n: {type: int, required: true}\n")
+    (role / "tasks" / "main.yml").write_text(
+        "- name: Use the checked value\n  ansible.builtin.debug: {msg: '{{ checked_n }}'}\n")
+    playbook = tmp_path / "role.yml"
+    playbook.write_text(
+        '- name: Upgrade\n  hosts: "{{ rollout_hosts | default(\'app\') }}"\n'
+        "  gather_facts: false\n  roles:\n"
+        "    - role: checked\n      vars: {checked_n: \"{{ n | default('x') }}\"}\n")
+    monkeypatch.setenv("ANSIBLE_ROLES_PATH", str(tmp_path / "roles"))
+    with prepared(playbook, tmp_path, inventory, n=1) as ex:
+        assert run(ex, playbook, 1).ok and run(ex, playbook, 2).ok
+    checks = [k for k, action, _ in seen if action.endswith("validate_argument_spec")]
+    assert checks == ["playbook_on_task_start"] * 2  # per task, not per host: kept
+    assert [k for k, _, t in seen if t == "Use the checked value" and k.startswith("runner_")
+            ] == ["runner_on_ok"] * 3
+    assert not [k for k, _, t in seen if k.startswith("runner_item") and t.startswith("rollout: ")]
+    assert ("runner_on_ok", "ansible.builtin.add_host", "rollout: batch 1 joins its group") in seen
+    seen.clear()
+    bad = run(executor(tmp_path, inventory), playbook, 1)  # n undefined: 'x' is not an int
+    assert not bad.ok and "checked_n" in bad.hosts["h1"]
+    assert [k for k, action, _ in seen if action.endswith("validate_argument_spec")] == [
+        "playbook_on_task_start", "runner_on_failed"]
