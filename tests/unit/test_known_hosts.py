@@ -46,8 +46,8 @@ def test_finds_what_paramikos_own_loading_finds(tmp_path: Path, keys: dict[str, 
     found = ours.lookup(name)
     assert (found is None) == (theirs is None)
     if theirs is not None and found is not None:
-        assert {t: found[t].get_base64() for t in found.keys()} == {
-            t: theirs[t].get_base64() for t in theirs.keys()}
+        assert {t: found[t].get_base64() for t in found} == {
+            t: theirs[t].get_base64() for t in theirs}
     assert len(ours) <= 1  # one entry: only this name's keys were kept
 
 
