@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rollout_py.errors import RolloutError
+from rollout_py.ssh_mux import MuxError, terminate_master
 
 # Called before a liveness check; the lab registers a reaper for the daemons it spawned.
 _before_check: list[Callable[[int], None]] = []
@@ -140,9 +141,18 @@ def close_control_dir(control_dir: str) -> None:
 
 def close_ssh_masters(sockets: Iterable[Path], *, budget: float = 20.0) -> None:
     """Asks each OpenSSH multiplexing master (ControlPersist) behind ``sockets`` to exit,
-    instead of letting it linger; non-sockets are skipped, the whole call is time-bounded."""
+    instead of letting it linger; non-sockets are skipped, the whole call is time-bounded.
+    Through the master's control protocol (rollout_py.ssh_mux); ``ssh -O exit`` where that
+    answer is not what a master says."""
     deadline = time.monotonic() + budget
     for sock in sockets:
-        if sock.is_socket() and time.monotonic() < deadline:
+        left = deadline - time.monotonic()
+        if not sock.is_socket() or left <= 0:
+            continue
+        try:
+            terminate_master(sock, timeout=min(5.0, left))
+        except (MuxError, EOFError):
             subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "host"],
                            capture_output=True, timeout=10, check=False)
+        except OSError:
+            continue  # nobody listens there (a master that exited), or it does not answer
