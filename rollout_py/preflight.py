@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import urllib3
 
 from rollout_py import events as ev
 from rollout_py.balancer.fleet import Balancer, out_of_rotation
@@ -32,7 +31,7 @@ def version_reader(ctx: Context) -> Callable[[str], str | None]:
         target = ctx.inventory.render(url, ctx.host(name))
         try:  # as an http probe reads it (no proxy, no redirect): a few times cheaper
             status, text = http_get(target, 3)
-        except (OSError, ValueError, urllib3.exceptions.HTTPError):
+        except (OSError, ValueError, http.client.HTTPException):
             return None
         return text.strip() or None if status == 200 else None
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from rollout_py.balancer import RuntimeAPI, open_transport
 from rollout_py.probes import Check, Prober, wait_healthy
@@ -37,6 +45,10 @@ class _Handler(BaseHTTPRequestHandler):
             data = "café crème".encode("iso-8859-1")
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; charset=ISO-8859-1")
+        elif self.path == "/auth":
+            good = self.headers.get("Authorization") == "Basic dTpwIHc="  # u:p w
+            data = b"in" if good else b"who?"
+            self.send_response(200 if good else 401)
         elif self.path == "/moved":
             data = b""
             self.send_response(302)
@@ -105,7 +117,7 @@ def test_an_http_probe_that_cannot_connect_says_why(server: int) -> None:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     failure = prober().run("h", http(closed, "/ok")) or ""
-    assert failure.startswith("NewConnectionError: ") and "Connection refused" in failure
+    assert failure.startswith("ConnectionRefusedError: ") and "Connection refused" in failure
     assert " object at 0x" not in failure
 
 
@@ -152,3 +164,41 @@ def test_runtime_api_over_tcp() -> None:
     listener.close()
     assert received == ["show servers state app"]
     assert states[0].name == "web1" and states[0].in_rotation
+
+
+def test_http_credentials_in_the_url_go_as_basic_auth(server: int) -> None:
+    p = prober()
+    url = f"http://u:p%20w@127.0.0.1:{server}/auth"
+    assert p.run("h", Check("http", url, HttpProbe.model_validate({"http": url}))) is None
+    assert p.run("h", http(server, "/auth")) == "status 401, expected 200"
+
+
+def test_an_https_probe_checks_the_servers_certificate(tmp_path: Path) -> None:
+    """A self-signed certificate is refused: the CA bundle decides, not the probe."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    srv.daemon_threads, srv.block_on_close = True, False
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = f"https://127.0.0.1:{srv.server_address[1]}/ok"
+        failure = prober().run("h", Check("http", url, HttpProbe.model_validate({"http": url})))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert failure is not None and failure.startswith("SSLCertVerificationError: ")
