@@ -211,12 +211,17 @@ class BatchSteps(WarmupSteps):
         stop = threading.Event()
 
         def watch() -> None:
+            clean = None  # the last states found with nothing to correct
             while not stop.wait(self.settings.guard_interval):
                 try:
                     states = self.balancer.states(only=servers)
                 except BalancerError:
                     continue  # the main flow meets (and handles) a lost LB itself
+                if states == clean:
+                    continue  # as last judged: still nothing to correct
                 reloaded, foreign = drift(states, applied.snapshot, servers)
+                if not reloaded and not foreign:
+                    clean = states
                 if foreign and not self._foreign:
                     self._foreign.update(foreign)
                     self._abort.set()  # cancels the running step; the batch stops

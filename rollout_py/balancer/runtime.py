@@ -244,6 +244,10 @@ class RuntimeAPI:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+        # The last ``show servers state`` parsed: (answer, only, rows). The maint guard reads a
+        # batch's servers ten times a second, and the answer changes about once a second
+        # (srv_time_since_last_change): an answer seen just before is not parsed again.
+        self._last_state: tuple[str, Collection[str] | None, tuple[ServerState, ...]] | None = None
 
     @property
     def url(self) -> str:
@@ -262,7 +266,13 @@ class RuntimeAPI:
                       ) -> tuple[ServerState, ...]:
         """The backend's servers (with ``only``, just those)."""
         validate_name("backend", backend)
-        return parse_servers_state(self.raw(f"show servers state {backend}"), only)
+        answer = self.raw(f"show servers state {backend}")
+        last = self._last_state  # one read: another thread may replace it
+        if last is not None and last[0] == answer and last[1] == only:
+            return last[2]
+        rows = parse_servers_state(answer, only)
+        self._last_state = (answer, only, rows)
+        return rows
 
     def stat(self, backend: str | None = None) -> tuple[StatRow, ...]:
         if backend is None:

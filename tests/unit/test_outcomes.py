@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from rollout_py import events as ev
+from rollout_py.balancer.fleet import Balancer
 from rollout_py.balancer.runtime import AdminState
 from rollout_py.engine import Engine, Settings
 from rollout_py.errors import ControllerError
@@ -22,7 +23,8 @@ LBS = ("unix:///lb1.sock", "unix:///lb2.sock")
 
 def run(fleet: FakeFleet, *, batches: list[int | str] | None = None, force_drain: bool = False,
         max_unavailable: int | None = None, staged: bool = False,
-        guard_interval: float = 0.1, sinks: Sequence[Sink] = ()) -> tuple[Engine, DeployResult]:
+        guard_interval: float = 0.1, sinks: Sequence[Sink] = (),
+        balancer: Balancer | None = None) -> tuple[Engine, DeployResult]:
     plan = make_plan(
         name="t", version="2.0", fleet=HOSTS, targets=HOSTS, servers={h: h for h in HOSTS},
         batches=batches or [1], max_unavailable=max_unavailable, current_versions={},
@@ -30,7 +32,7 @@ def run(fleet: FakeFleet, *, batches: list[int | str] | None = None, force_drain
         playbook="p.yml", rollback_playbook=None, drain_timeout=0.05, pause_between_batches=0)
     health = HealthSpec(deadline=0.05, interval=0.005, consecutive=1,
                         probes=[HttpProbe(http="http://x")])
-    engine = Engine(plan, executor=fleet.executor(), balancer=fleet.balancer(),
+    engine = Engine(plan, executor=fleet.executor(), balancer=balancer or fleet.balancer(),
                     prober=fleet.prober(), checks=fleet.checks,
                     settings=Settings(health=health, drain_timeout=0.05, up_timeout=0.05,
                                       force_drain=force_drain, poll=0.005,
@@ -133,3 +135,41 @@ def test_a_reload_back_to_ready_is_corrected_not_treated_as_foreign() -> None:
                                                until=ev.DriftCorrected)
     assert result.status == "succeeded"
     assert not any(isinstance(e, ev.ForeignChange) for e in engine.events)
+
+
+def test_the_guard_retries_a_correction_that_failed_until_it_lands() -> None:
+    """A reload puts h1 back in READY on lb1 and the guard's MAINT fails (the LB refuses for a
+    moment): the guard keeps reading, sees the same states and tries again, and corrects it
+    once the LB takes it. (The guard skips judging states it already found clean, never states
+    that still need a correction.)"""
+    fleet = FakeFleet(HOSTS, lbs=LBS)
+    tries: list[str] = []
+    retried, corrected = threading.Event(), threading.Event()
+    balancer = fleet.balancer()
+    set_state = balancer.set_state
+
+    def flaky_set_state(servers: Sequence[str], state: str) -> None:
+        if state == "maint" and fleet.balancer_fails_on == "maint":
+            tries.append(state)
+            if len(tries) >= 3:
+                retried.set()
+        set_state(servers, state)  # type: ignore[arg-type]
+
+    balancer.set_state = flaky_set_state  # type: ignore[method-assign]
+
+    def change() -> None:
+        fleet.servers["unix:///lb1.sock"]["h1"].admin = "READY"
+        fleet.balancer_fails_on = "maint"
+        assert retried.wait(5), f"the guard tried {len(tries)} times"
+        fleet.balancer_fails_on = None
+        assert corrected.wait(5), "the guard never corrected the drift"
+
+    def watch(e: ev.Event) -> None:
+        if isinstance(e, ev.DriftCorrected):
+            corrected.set()
+
+    fleet.hooks["upgrade h1 -> 2.0"] = change
+    engine, result = run(fleet, guard_interval=0.01, sinks=[watch], balancer=balancer)
+    assert len(tries) >= 3 and result.status == "succeeded"
+    assert fleet.servers["unix:///lb1.sock"]["h1"].admin == "READY"  # enabled after the batch
+    assert any(isinstance(e, ev.DriftCorrected) for e in engine.events)

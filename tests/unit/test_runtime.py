@@ -155,3 +155,29 @@ def test_a_refused_change_in_a_line_is_named_and_the_rest_still_applied() -> Non
     # The line, then each change alone: the one refused is named, the others sent again.
     assert fake.sent == [line, "set server app/a state ready",
                          "set server app/nope state ready", "set server app/b weight 10"]
+
+
+def test_an_answer_seen_just_before_is_not_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The maint guard reads a batch's servers ten times a second; the answer changes about
+    once a second. The same answer (and the same servers asked for) gives the same rows
+    without a parse; a new answer, or other servers, is parsed."""
+    from rollout_py.balancer import runtime
+
+    parsed: list[str] = []
+    parse = runtime.parse_servers_state
+
+    def counting(answer: str, only: object = None) -> object:
+        parsed.append(answer)
+        return parse(answer, only)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime, "parse_servers_state", counting)
+    fake = FakeTransport({"show servers state app": STATE})
+    api = RuntimeAPI(fake)
+    first = api.servers_state("app", only=("app01",))
+    assert api.servers_state("app", only=("app01",)) == first and len(parsed) == 1
+    assert [s.name for s in api.servers_state("app", only=("app03",))] == ["app03"]
+    fake.answers["show servers state app"] = STATE.replace(" 2 0 1 1 7 ", " 2 1 1 1 8 ")
+    changed = api.servers_state("app", only=("app03",))
+    assert [s.name for s in changed] == ["app03"] and len(parsed) == 3
+    assert api.servers_state("app", only=("app01",))[0].admin == "MAINT" and len(parsed) == 4
+    assert len(fake.sent) == 5  # every call asked HAProxy
