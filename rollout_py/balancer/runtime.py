@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -158,11 +158,19 @@ _STATE_FIELDS = ("be_name", "srv_name", "srv_addr", "srv_op_state", "srv_admin_s
                  "srv_uweight", "srv_port")
 
 
-def parse_servers_state(answer: str, only: Collection[str] | None = None
+# A line of ``show servers state`` as parsed before, under the same header: (header, line).
+KnownLines = Mapping[tuple[str, str], ServerState]
+
+
+def parse_servers_state(answer: str, only: Collection[str] | None = None, *,
+                        known: KnownLines | None = None,
+                        into: dict[tuple[str, str], ServerState] | None = None
                         ) -> tuple[ServerState, ...]:
     """Parses the answer of ``show servers state [backend]``; with ``only``, just those
     servers' lines (the others are split no further than their name: the maint guard reads a
-    batch's servers ten times a second from backends of hundreds).
+    batch's servers ten times a second from backends of hundreds). A line found in ``known``
+    (an earlier answer's, see ``into``) is not parsed again; ``into`` gets every line of this
+    answer that was read.
 
     Example:
         >>> text = "1\\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state "\\
@@ -175,8 +183,10 @@ def parse_servers_state(answer: str, only: Collection[str] | None = None
     at: list[int] = []  # where each field ServerState needs is in a line
     missing = ""  # a field the header lacks
     rows: list[ServerState] = []
+    header_line = ""
     for line in lines:
         if line.startswith("#"):
+            header_line = line
             header = line.lstrip("#").split()
             at = [header.index(k) if k in header else -1 for k in _STATE_FIELDS]
             missing = next((k for k, i in zip(_STATE_FIELDS[:6], at, strict=False) if i < 0), "")
@@ -188,13 +198,17 @@ def parse_servers_state(answer: str, only: Collection[str] | None = None
                 raise KeyError(missing)
             if only is not None and line.split(None, at[1] + 1)[at[1]] not in only:
                 continue
-            values = line.split()
-            port = values[at[6]] if 0 <= at[6] < len(values) else "-"
-            rows.append(ServerState(
-                backend=values[at[0]], name=values[at[1]], address=values[at[2]],
-                op_state=int(values[at[3]]), admin_state=int(values[at[4]]),
-                weight=int(values[at[5]]), port=int(port) if port.isdigit() else None,
-            ))
+            row = known.get((header_line, line)) if known is not None else None
+            if row is None:
+                values = line.split()
+                port = values[at[6]] if 0 <= at[6] < len(values) else "-"
+                row = ServerState(
+                    backend=values[at[0]], name=values[at[1]], address=values[at[2]],
+                    op_state=int(values[at[3]]), admin_state=int(values[at[4]]),
+                    weight=int(values[at[5]]), port=int(port) if port.isdigit() else None)
+            if into is not None:
+                into[(header_line, line)] = row
+            rows.append(row)
         except (KeyError, ValueError, IndexError) as exc:
             raise BalancerError(f"unexpected 'show servers state' line: {line!r}") from exc
     if header is None and lines:
@@ -244,10 +258,10 @@ class RuntimeAPI:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        # The last ``show servers state`` parsed: (answer, only, rows). The maint guard reads a
-        # batch's servers ten times a second, and the answer changes about once a second
-        # (srv_time_since_last_change): an answer seen just before is not parsed again.
-        self._last_state: tuple[str, Collection[str] | None, tuple[ServerState, ...]] | None = None
+        # The lines of the last ``show servers state`` answer, parsed. The maint guard reads a
+        # batch's servers ten times a second; a server's line changes about once a second
+        # (srv_time_since_last_change), so most lines were parsed the time before.
+        self._known: KnownLines = {}
 
     @property
     def url(self) -> str:
@@ -267,11 +281,9 @@ class RuntimeAPI:
         """The backend's servers (with ``only``, just those)."""
         validate_name("backend", backend)
         answer = self.raw(f"show servers state {backend}")
-        last = self._last_state  # one read: another thread may replace it
-        if last is not None and last[0] == answer and last[1] == only:
-            return last[2]
-        rows = parse_servers_state(answer, only)
-        self._last_state = (answer, only, rows)
+        read: dict[tuple[str, str], ServerState] = {}
+        rows = parse_servers_state(answer, only, known=self._known, into=read)
+        self._known = read  # replaced whole: another thread may be reading the one before
         return rows
 
     def stat(self, backend: str | None = None) -> tuple[StatRow, ...]:
