@@ -39,8 +39,14 @@ def write_private_json(path: Path, data: Mapping[str, Any]) -> None:
 def runner_settings(private: Path) -> dict[str, Any]:
     """ansible-runner's settings for a run, also written to ``env/settings``: ansible-runner
     2.4 drops the ``settings`` argument when that file is missing (RunnerConfig.prepare_env),
-    which left ``pexpect_timeout`` at its default 5 s (a cancel seen up to 5 s late)."""
-    settings: dict[str, Any] = {"pexpect_timeout": 0.2, "suppress_ansible_output": True}
+    which left ``pexpect_timeout`` at its default 5 s (a cancel seen up to 5 s late).
+
+    ``pexpect_timeout`` is how often ansible-runner's loop wakes with no output to ask the
+    cancel callback: a cancel (the second SIGTERM, a foreign change, continuous health) is
+    seen within 0.5 s. Each wake costs the controller ~0.2 ms, per running run, for the whole
+    run: at 0.2 s, ~0.15 CPU-s of a 100-host deploy's ~1.7 (the session's run lives from
+    preflight to the end)."""
+    settings: dict[str, Any] = {"pexpect_timeout": 0.5, "suppress_ansible_output": True}
     env = private / "env"
     env.mkdir(mode=0o700, exist_ok=True)
     (env / "settings").write_text(json.dumps(settings))

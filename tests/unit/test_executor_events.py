@@ -141,10 +141,10 @@ def test_the_settings_reach_ansible_runner(tmp_path: Path,
     # ansible-runner 2.4 drops a ``settings`` argument unless env/settings exists.
     config = RunnerConfig(str(private), settings=dict(fake.kwargs["settings"]))
     config.prepare_env()
-    assert config.pexpect_timeout == 0.2
+    assert config.pexpect_timeout == 0.5
     bare = tmp_path / "bare"
     bare.mkdir()
-    config = RunnerConfig(str(bare), settings={"pexpect_timeout": 0.2})
+    config = RunnerConfig(str(bare), settings={"pexpect_timeout": 0.5})
     config.prepare_env()
     assert config.pexpect_timeout == 5  # why _runner_settings writes the file
-    assert _runner_settings(bare)["pexpect_timeout"] == 0.2
+    assert _runner_settings(bare)["pexpect_timeout"] == 0.5
