@@ -4,6 +4,8 @@ after a kill -9 at random moments of a staged deploy it always leaves a whole fl
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import os
 import random
 import signal
@@ -88,10 +90,14 @@ def test_case_1_resume_after_a_controller_error_drains_before_acting(
     assert set(versions(lab).values()) == {"2.0"} and all_ready_and_up(lab)
 
 
+KILLED_AT: dict[str, float] = {}  # when the last kill was sent (time.time())
+
+
 def _kill_later(pid: int, delay: float) -> None:
     """kill -9 of the controller this test started, ``delay`` seconds from now."""
 
     def kill() -> None:
+        KILLED_AT["t"] = time.time()
         with contextlib.suppress(ProcessLookupError):  # it may have finished already
             os.kill(pid, signal.SIGKILL)
 
@@ -113,9 +119,24 @@ def _killer(rng: random.Random, at: int) -> Callable[[dict[str, Any]], bool]:
 
 
 def _no_ansible_left(state: Path) -> list[str]:
-    """ansible processes of the state's newest deploy still alive 10 s after its controller
-    died (its SSH masters may stay: resume closes them)."""
-    return deploy_processes(StateDir(state).get().deploy_id, within=10.0, only="ansible")
+    """What the newest deploy's Ansible did after its controller died: task results created
+    after the kill (any job event file of its runs, the partial ones the dead controller never
+    read included), and its ansible processes still alive 60 s after it (its SSH masters may
+    stay: resume closes them). A run killed in Ansible's start-up ends when its lifeline
+    loads, before its first task: seconds, longer on a loaded machine; a run with a task under
+    way is killed at once."""
+    record = StateDir(state).get()
+    left = deploy_processes(record.deploy_id, within=60.0, only="ansible")
+    killed = KILLED_AT["t"] + 1.0  # the kill's own second: a result already on its way
+    late = []
+    for path in (state / "deploys" / record.deploy_id / "runs").glob(
+            "*/artifacts/*/job_events/*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            event = json.loads(path.read_text())
+            created = datetime.datetime.fromisoformat(str(event.get("created"))).timestamp()
+            if str(event.get("event", "")).startswith("runner_on_") and created > killed:
+                late.append(f"{path.name}: {event['event']} at {created - killed + 1:.1f} s")
+    return late + left
 
 
 def test_case_2_kill_9_while_staging_then_resume(chaos_lab: LabMaker, tmp_path: Path) -> None:
