@@ -118,7 +118,7 @@ def _killer(rng: random.Random, at: int) -> Callable[[dict[str, Any]], bool]:
     return hook
 
 
-def _no_ansible_left(state: Path) -> list[str]:
+def _ansible_after_the_kill(state: Path) -> list[str]:
     """What the newest deploy's Ansible did after its controller died: task results created
     after the kill (any job event file of its runs, the partial ones the dead controller never
     read included), and its ansible processes still alive 60 s after it (its SSH masters may
@@ -157,7 +157,7 @@ def test_case_2_kill_9_while_staging_then_resume(chaos_lab: LabMaker, tmp_path: 
     run = deploy_under_fault(lab, spec, "2.0", hooks={"step_started": kill_while_staging})
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
     assert run.kinds()[-1] == "step_started" and run.load.failed == 0
-    assert _no_ansible_left(state) == []
+    assert _ansible_after_the_kill(state) == []
     resumed = deploy_under_fault(lab, spec, "", command="resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert next(e["action"] for e in resumed.events if e["event"] == "deploy_resumed") == "stage"
@@ -203,7 +203,7 @@ def test_kill_9_at_random_moments_of_a_staged_deploy_then_resume(
             continue
         kills += 1
         moments.append(run.events[-1]["event"] if run.events else "(before any event)")
-        assert _no_ansible_left(state) == [], f"seed {seed}: ansible outlived the controller"
+        assert _ansible_after_the_kill(state) == [], f"seed {seed}: ansible outlived the controller"
         resumed = deploy_under_fault(lab, spec, "", command="resume")
         failed += resumed.load.failed
         assert resumed.returncode == 0, (seed, at, moments[-1], resumed.stderr[-3000:])

@@ -101,6 +101,23 @@ def run(ex: AnsibleExecutor, playbook: Path, index: int, **kw: Any) -> Any:
                            label=f"batch{index}-upgrade", **kw)
 
 
+def spy_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
+    """Every job event the executor's runs hand to rollout_py (kind, event_data), in order."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    writing = job_events.writing_events
+
+    def spy(handler: Any, artifact_dir: Path) -> Any:
+        inner = writing(handler, artifact_dir)
+
+        def on_event(event: dict[str, Any]) -> bool:
+            events.append((str(event["event"]), dict(event.get("event_data") or {})))
+            return bool(inner(event))
+        return on_event
+
+    monkeypatch.setattr(executor_mod, "writing_events", spy)
+    return events
+
+
 def run_dirs(tmp_path: Path) -> list[str]:
     return sorted(p.name for p in (tmp_path / "runs").iterdir())
 
@@ -291,23 +308,12 @@ def test_runs_stream_no_start_event_per_host_but_the_sessions_own(
     """Local runs use rollout_py's awx_display (rollout_py._display): no runner_on_start
     event per host and task, except the session's own tasks (its readiness is the first
     gate's start); every result still has its start time."""
-    seen: list[tuple[str, str, Any]] = []
-    writing = job_events.writing_events
-
-    def spy(handler: Any, artifact_dir: Path) -> Any:
-        inner = writing(handler, artifact_dir)
-
-        def on_event(event: dict[str, Any]) -> bool:
-            data = event.get("event_data") or {}
-            seen.append((event["event"], str(data.get("task", "")), data.get("start")))
-            return bool(inner(event))
-        return on_event
-
-    monkeypatch.setattr(executor_mod, "writing_events", spy)
+    events = spy_events(monkeypatch)
     inventory, playbook = fleet
     with prepared(playbook, tmp_path, inventory) as ex:
         assert run(ex, playbook, 1).ok
     assert run(executor(tmp_path, inventory), playbook, 2).ok  # a run of its own
+    seen = [(k, str(d.get("task", "")), d.get("start")) for k, d in events]
     starts = [task for kind, task, _ in seen if kind == "runner_on_start"]
     assert GATE_TASK.format(1) in starts
     assert all(task.startswith("rollout: ") for task in starts), starts
@@ -321,20 +327,11 @@ def test_a_passing_argument_check_and_the_sessions_items_make_no_event_a_failed_
     """rollout_py's awx_display: Ansible's argument check before a role (per host, each time
     the role runs) makes no event when it passes, nor does a batch joining its group per host;
     a failed check is a failure with its message, and the task after it still reports."""
-    seen: list[tuple[str, str, str]] = []
-    writing = job_events.writing_events
+    events = spy_events(monkeypatch)
 
-    def spy(handler: Any, artifact_dir: Path) -> Any:
-        inner = writing(handler, artifact_dir)
+    def seen() -> list[tuple[str, str, str]]:
+        return [(k, str(d.get("task_action", "")), str(d.get("task", ""))) for k, d in events]
 
-        def on_event(event: dict[str, Any]) -> bool:
-            data = event.get("event_data") or {}
-            seen.append((event["event"], str(data.get("task_action", "")),
-                         str(data.get("task", ""))))
-            return bool(inner(event))
-        return on_event
-
-    monkeypatch.setattr(executor_mod, "writing_events", spy)
     inventory, _ = fleet
     role = tmp_path / "roles" / "checked"
     (role / "meta").mkdir(parents=True)
@@ -351,14 +348,16 @@ def test_a_passing_argument_check_and_the_sessions_items_make_no_event_a_failed_
     monkeypatch.setenv("ANSIBLE_ROLES_PATH", str(tmp_path / "roles"))
     with prepared(playbook, tmp_path, inventory, n=1) as ex:
         assert run(ex, playbook, 1).ok and run(ex, playbook, 2).ok
-    checks = [k for k, action, _ in seen if action.endswith("validate_argument_spec")]
+    checks = [k for k, action, _ in seen() if action.endswith("validate_argument_spec")]
     assert checks == ["playbook_on_task_start"] * 2  # per task, not per host: kept
-    assert [k for k, _, t in seen if t == "Use the checked value" and k.startswith("runner_")
+    assert [k for k, _, t in seen() if t == "Use the checked value" and k.startswith("runner_")
             ] == ["runner_on_ok"] * 3
-    assert not [k for k, _, t in seen if k.startswith("runner_item") and t.startswith("rollout: ")]
-    assert ("runner_on_ok", "ansible.builtin.add_host", "rollout: batch 1 joins its group") in seen
-    seen.clear()
+    assert not [k for k, _, t in seen()
+                if k.startswith("runner_item") and t.startswith("rollout: ")]
+    assert ("runner_on_ok", "ansible.builtin.add_host",
+            "rollout: batch 1 joins its group") in seen()
+    events.clear()
     bad = run(executor(tmp_path, inventory), playbook, 1)  # n undefined: 'x' is not an int
     assert not bad.ok and "checked_n" in bad.hosts["h1"]
-    assert [k for k, action, _ in seen if action.endswith("validate_argument_spec")] == [
+    assert [k for k, action, _ in seen() if action.endswith("validate_argument_spec")] == [
         "playbook_on_task_start", "runner_on_failed"]
