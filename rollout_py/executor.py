@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rollout_py import executor_remote
-from rollout_py._display import CALLBACK_DIR
+from rollout_py._display import CALLBACK_DIR, RESULTS_ENV
 from rollout_py._gate import PLUGIN_DIR as GATE_DIR
 from rollout_py._lifeline import lifeline_env
 from rollout_py.errors import ControllerError
@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from rollout_py.spec_executors import NodeSpec
 
 Cancel = Callable[[], bool]
+# Runs whose ok and skipped results nothing reads, one job event per host each: the stage
+# (what it reports through set_stats arrives whole with the run's stats; a failure, its
+# message; a cancelled stage switched nothing, so no previous version is missed).
+QUIET_RUNS = frozenset({"stage"})
 
 
 
@@ -174,6 +178,8 @@ class AnsibleExecutor:
         # job event file of the run back from disk to find it.
         final: dict[str, Any] = {}
         keep_results = label.endswith("-upgrade")  # the runs timeline/resume read back
+        # A stage run's ok results: no job event (rollout_py._display), unless Ansible runs -v.
+        results = label not in QUIET_RUNS or self.verbosity > 0
 
         def on_event(event: dict[str, Any]) -> bool:
             """Collects what the run's outcome needs; returns whether ansible-runner writes the
@@ -203,7 +209,7 @@ class AnsibleExecutor:
                 runner = self._start(private, on_event, cancel or (lambda: False), {
                     "limit": ",".join(hosts), "extravars": extravars,
                     "forks": min(self.forks, max(1, len(hosts))), "cmdline": cmdline,
-                    **kwargs}, node)
+                    **kwargs}, node, results=results)
             except OSError as exc:  # e.g. the state directory is full
                 raise ControllerError(f"ansible-runner failed on the controller: "
                                       f"{exc.strerror or exc}") from exc
@@ -359,9 +365,11 @@ class AnsibleExecutor:
             self._ended.append(session)
 
     def _start(self, private: Path, handler: Callable[[dict[str, Any]], bool], cancel: Cancel,
-               kwargs: dict[str, Any], node: NodeSpec | None = None) -> Any:
+               kwargs: dict[str, Any], node: NodeSpec | None = None, *,
+               results: bool = True) -> Any:
         """ansible-runner as every run of this executor calls it (``kwargs`` on top); with
-        ``node``, streamed through that execution node."""
+        ``node``, streamed through that execution node. ``results`` false: a local run's ok
+        and skipped results make no job event (see rollout_py._display)."""
         import ansible_runner
 
         if node is not None and self.nodes is not None:
@@ -374,7 +382,8 @@ class AnsibleExecutor:
         return ansible_runner.run(**{
             "private_data_dir": str(private), "inventory": self.inventory, "ident": ident,
             # ansible-runner's event callback without the start events (rollout_py._display)
-            "envvars": {**self._envvars(), "AWX_LIB_DIRECTORY": CALLBACK_DIR},
+            "envvars": {**self._envvars(), "AWX_LIB_DIRECTORY": CALLBACK_DIR,
+                        RESULTS_ENV: "all" if results else "failures"},
             "quiet": True, "suppress_env_files": True,
             "event_handler": writing_events(handler, private / "artifacts" / ident),
             "cancel_callback": cancel,

@@ -14,3 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 CALLBACK_DIR = str(Path(__file__).resolve().parent)
+# "failures": the run's ok and skipped results make no job event nor output line (see
+# awx_display); anything else, or unset: they do.
+RESULTS_ENV = "ROLLOUT_RESULT_EVENTS"

@@ -119,12 +119,13 @@ def _killer(rng: random.Random, at: int) -> Callable[[dict[str, Any]], bool]:
 
 
 def _ansible_after_the_kill(state: Path) -> list[str]:
-    """What the newest deploy's Ansible did after its controller died: task results created
-    after the kill (any job event file of its runs, the partial ones the dead controller never
-    read included), and its ansible processes still alive 60 s after it (its SSH masters may
-    stay: resume closes them). A run killed in Ansible's start-up ends when its lifeline
-    loads, before its first task: seconds, longer on a loaded machine; a run with a task under
-    way is killed at once."""
+    """What the newest deploy's Ansible did after its controller died: task results, task
+    starts and run ends created after the kill (any job event file of its runs, the partial
+    ones the dead controller never read included; a stage run makes no event for a host that
+    succeeds, only for its tasks), and its ansible processes still alive 60 s after it (its
+    SSH masters may stay: resume closes them). A run killed in Ansible's start-up ends when
+    its lifeline loads, before its first task: seconds, longer on a loaded machine; a run with
+    a task under way is killed at once."""
     record = StateDir(state).get()
     left = deploy_processes(record.deploy_id, within=60.0, only="ansible")
     killed = KILLED_AT["t"] + 1.0  # the kill's own second: a result already on its way
@@ -134,7 +135,9 @@ def _ansible_after_the_kill(state: Path) -> list[str]:
         with contextlib.suppress(OSError, ValueError):
             event = json.loads(path.read_text())
             created = datetime.datetime.fromisoformat(str(event.get("created"))).timestamp()
-            if str(event.get("event", "")).startswith("runner_on_") and created > killed:
+            if str(event.get("event", "")).startswith(("runner_on_", "playbook_on_task_start",
+                                                       "playbook_on_stats")) \
+                    and created > killed:
                 late.append(f"{path.name}: {event['event']} at {created - killed + 1:.1f} s")
     return late + left
 

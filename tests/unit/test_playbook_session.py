@@ -361,3 +361,37 @@ def test_a_passing_argument_check_and_the_sessions_items_make_no_event_a_failed_
     assert not bad.ok and "checked_n" in bad.hosts["h1"]
     assert [k for k, action, _ in seen() if action.endswith("validate_argument_spec")] == [
         "playbook_on_task_start", "runner_on_failed"]
+
+
+@pytest.mark.parametrize("verbosity", [0, 1])
+def test_a_stage_run_streams_no_ok_or_skipped_result_yet_reports_every_previous_version(
+        fleet: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        verbosity: int) -> None:
+    """The stage run (label "stage"): its ok and skipped results make no job event nor
+    output line (one per host and task, which the controller never reads); its failures
+    still say what failed, and every host's set_stats report arrives with the run's stats.
+    With -v they stream as in any other run."""
+    events = spy_events(monkeypatch)
+    inventory, playbook = fleet
+    ex = AnsibleExecutor(str(inventory), work_dir=tmp_path / "runs", verbosity=verbosity,
+                         extravars={"ran_dir": str(tmp_path / "ran"), "fail_hosts": ["h2"]},
+                         control_dir=str(tmp_path / "cp"))
+    (tmp_path / "ran").mkdir()
+    try:
+        result = ex.run_playbook(str(playbook), HOSTS, {**VARS, "rollout_batch": 0},
+                                 label="stage")
+    finally:
+        ex.close()
+    assert result.hosts["h2"] == "failed: Fail on the hosts told to: boom on h2"
+    assert {h: o for h, o in result.hosts.items() if h != "h2"} == dict.fromkeys(
+        ["h1", "h3", "h4"], "ok")
+    assert result.previous_versions == {h: f"v-{h}" for h in HOSTS}
+    kinds = [kind for kind, _ in events]
+    results = [k for k in kinds if k in ("runner_on_ok", "runner_on_skipped")]
+    stdout = Path(result.artifact_dir, "stdout").read_text()
+    if verbosity:
+        assert len(results) >= 4 * 4 and "ok: [h1]" in stdout
+    else:
+        assert results == [] and "ok: [h1]" not in stdout
+    assert kinds.count("runner_on_failed") == 1 + 4  # h2's failure, and the ignored one's
+    assert "h2" in stdout and "PLAY RECAP" in stdout
