@@ -131,7 +131,8 @@ def _window(points: Sequence[Point], live_key: str, first: int, last: int | None
         end = closing.ts
         end_max = seen_back.ts + seen_back.rtt / 2
         end_min = previous.ts - previous.rtt / 2 if previous is not None else closing.ts
-    routes = tuple(f"{lb} {backend}" for lb, backend in live_routes(opening, live_key).items())
+    routes = tuple(f"{lb} {backend}"  # by LB name: not in the order the samples merged
+                   for lb, backend in sorted(live_routes(opening, live_key).items()))
     return Disagreement(start=opening.ts, end=end, seconds=round(end - opening.ts, 6),
                         min_seconds=round(max(0.0, end_min - start_max), 6),
                         max_seconds=round(max(0.0, end_max - start_min), 6),

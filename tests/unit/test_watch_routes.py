@@ -56,6 +56,16 @@ def switch(lb1_at: float, lb2_at: float, end: float = 4.0, step: float = 0.1) ->
     return samples
 
 
+def test_a_windows_routes_are_named_by_lb_whichever_lb_was_sampled_first() -> None:
+    samples = []
+    for i in range(30):  # lb2 sampled first, 0.05 s before lb1; lb2 switches at 2.0, lb1 2.5
+        ts = round(1.0 + i * 0.1, 6)
+        samples.append(sample("lb2", ts, "app_green" if ts >= 2.0 else "app_blue"))
+        samples.append(sample("lb1", ts + 0.05, "app_green" if ts + 0.05 >= 2.5 else "app_blue"))
+    [window] = build(samples).disagreements
+    assert window.routes == ("lb1 app_blue", "lb2 app_green")
+
+
 def test_route_changes_per_lb_and_the_disagreement_window_with_its_bounds() -> None:
     summary = build(switch(lb1_at=2.0, lb2_at=2.5))
     assert summary.route_changes["lb1"] == [
