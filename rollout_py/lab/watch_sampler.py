@@ -1,4 +1,5 @@
-"""Samples every LB in a thread of its own at a fixed rate until stopped, then summarises.
+"""Samples every LB in a thread of its own at a fixed rate until stopped (and once more then),
+then summarises.
 
 Each LB is sampled by a thread of its own (a remote LB reached over SSH answers in tens of
 milliseconds, a local socket in well under one; the slow one must not delay the other); what one
@@ -140,6 +141,14 @@ class Watcher:
             if due < now:  # the sample overran its slot: go on at once, never catch up in bursts
                 due = now
             self._stopping.wait(due - now)
+        # One more once stop() is called: every earlier sample of this LB then has a next one,
+        # which is what shows a server it saw out was back by a later moment of another LB
+        # (watch_timeline.settled). Without it, a watch stopped as its run ended (a kill -9)
+        # kept this LB's last view, up to a period old, as proof against the other's.
+        final = self._sample(api, name, map_ref)
+        with self._lock:
+            if self.summary is None:
+                self._samples.append(final)
 
     def samples(self) -> list[Sample]:
         """The samples so far (a copy; safe while running)."""
@@ -151,10 +160,10 @@ class Watcher:
         if self.summary is not None:
             return self.summary
         self._stopping.set()
-        stopped = time.time()
         deadline = time.monotonic() + join_timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        stopped = time.time()  # after each LB's closing sample
         with self._lock:
             self.summary = WatchSummary.build(
                 self._samples, backend=self.backend, lbs=self.names, servers=self.servers,

@@ -319,3 +319,52 @@ def test_watcher_as_context_manager_and_input_checks() -> None:
         Watcher([RuntimeAPI(FakeTransport("fake://"))], "app", hz=0)
     with pytest.raises(InputError):
         Watcher([RuntimeAPI(FakeTransport("fake://"))] * 2, "app", names=["lb1", "lb1"])
+
+
+class TwoServers:
+    """An LB whose app01 and app02 admin states the test sets (0 READY, 1 MAINT, 8 DRAIN)."""
+
+    def __init__(self, url: str, app01: int = 0, app02: int = 0) -> None:
+        self.url, self.admin = url, {"app01": app01, "app02": app02}
+        self.sent: list[float] = []
+
+    def send(self, command: str) -> str:
+        self.sent.append(time.time())
+        rows = "".join(f"3 app {i} {srv} 10.0.0.1{i} 2 {self.admin[srv]} 1 1 8080\n"
+                       for i, srv in enumerate(("app01", "app02"), 1))
+        return STATE.split("3 app 1")[0] + rows + "\n" + STAT
+
+    def close(self) -> None:
+        pass
+
+
+def wait_sampled(watcher: Watcher, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while len({s.lb for s in watcher.samples()}) < n:
+        assert time.monotonic() < deadline, "no sample"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("back_by_the_end", [True, False])
+def test_each_lb_is_sampled_once_more_at_stop_so_a_stale_view_is_judged_on_it(
+        back_by_the_end: bool) -> None:
+    """One sample per LB (1 Hz) sees app02 drained on lb1 and app01 still out on lb2; the
+    watch stops before either samples again (as when the watched run was killed). Each LB's
+    closing sample, taken at stop, shows whether the other's view had moved on: both back, no
+    breach (the overlap is not proven, as within any sampling period); both still out, a
+    breach."""
+    lb1, lb2 = TwoServers("fake://lb1", app02=8), TwoServers("fake://lb2", app01=1)
+    watcher = Watcher([RuntimeAPI(lb1), RuntimeAPI(lb2)], "app", names=["lb1", "lb2"],
+                      max_unavailable=1, hz=1).start()
+    wait_sampled(watcher, 2)
+    if back_by_the_end:
+        lb1.admin["app02"] = lb2.admin["app01"] = 0
+    asked = time.time()
+    summary = watcher.stop()
+    closing = [s for s in summary.records if s.ts >= asked]
+    assert sorted(s.lb for s in closing) == ["lb1", "lb2"]
+    assert summary.stopped >= max(s.ts for s in summary.records)
+    if back_by_the_end:
+        assert summary.violations == ()
+    else:
+        assert {v.out_of_rotation for v in summary.violations} == {("app01", "app02")}
