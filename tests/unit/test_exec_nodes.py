@@ -19,9 +19,9 @@ import pytest
 from rollout_py.errors import InputError
 from rollout_py.exec_nodes import NodePool
 from rollout_py.executor import AnsibleExecutor, RunResult
-from rollout_py.procs import Proc, start_time
 from rollout_py.redact import Redactor
 from rollout_py.spec_executors import ExecutorsSpec, NodeSpec
+from tests.childkit import running
 
 HOSTS = ["h1", "h2", "h3", "h4", "h5", "h6"]
 RUNNER = os.path.join(os.path.dirname(sys.executable), "ansible-runner")
@@ -102,13 +102,6 @@ def ran_on(tmp_path: Path) -> dict[str, str]:
             for h in HOSTS if (tmp_path / "ran" / h).exists()}
 
 
-def ended(pid: int) -> bool:
-    """Whether ``pid`` has ended: gone, or a zombie (the held shell's parent is killed with it,
-    and PID 1 may reap the orphan tens of seconds later, /proc/PID there all that time)."""
-    start = start_time(pid)
-    return start is None or not Proc(pid, start).alive()
-
-
 def wait_for(check: object, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
@@ -170,7 +163,7 @@ def test_a_node_lost_mid_run_fails_its_hosts_and_the_next_run_goes_elsewhere(
     assert all(result.hosts[h] == "ok" for h in HOSTS if h not in on_b)
     assert set(pool.lost) == {"b"}
     # The node's side stops what it ran once its connection is gone.
-    wait_for(lambda: ended(held), timeout=30)
+    wait_for(lambda: not running(held), timeout=30)
     # The next run (the rollback) goes to the node left, all of it.
     again = ex.run_playbook(str(tmp_path / "book" / "upgrade.yml"), on_b, {},
                             label="batch1-rollback")
@@ -199,7 +192,7 @@ def test_cancel_stops_the_run_on_the_node(
     assert result.status == "canceled"
     assert result.hosts == {"h1": "not run: cancelled"}
     assert not pool.lost
-    wait_for(lambda: ended(int(hold.read_text())), timeout=30)
+    wait_for(lambda: not running(int(hold.read_text())), timeout=30)
 
 
 def test_hosts_without_a_node_go_to_the_controller_or_nowhere(tmp_path: Path) -> None:

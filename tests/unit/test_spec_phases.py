@@ -20,6 +20,7 @@ from rollout_py.report import plan_lines
 from rollout_py.report_phases import phase_plan
 from rollout_py.spec import load_spec
 from rollout_py.spec_phases import PhaseSpec
+from tests.childkit import running
 
 BASE = ("name: web\ninventory: inv.ini\nhosts: app\nplaybook: deploy.yml\n"
         "haproxy: {sockets: ['unix:///run/haproxy.sock']}\n"
@@ -118,14 +119,6 @@ def test_a_local_command_is_killed_on_timeout_and_on_cancel(tmp_path: Path) -> N
     assert cancelled.cancelled and not cancelled.ok
 
 
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for a late reaper."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] not in "ZX"
-    except (OSError, IndexError):
-        return False
-
-
 def test_a_quiet_local_command_dies_with_its_killed_controller(tmp_path: Path) -> None:
     """kill -9 of the controller ends the command itself (not only its /bin/sh), even one that
     writes nothing (so no closed pipe would end it) and runs in a child of the shell."""
@@ -146,17 +139,17 @@ def test_a_quiet_local_command_dies_with_its_killed_controller(tmp_path: Path) -
         while not (marker.exists() and marker.read_text()) and time.monotonic() < deadline:
             time.sleep(0.05)
         pid = int(marker.read_text())
-        assert _alive(pid)
+        assert running(pid)
         controller.send_signal(signal.SIGKILL)
         controller.wait(10)
         deadline = time.monotonic() + 10
-        while _alive(pid) and time.monotonic() < deadline:
+        while running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(pid), "the command outlived its controller"
+        assert not running(pid), "the command outlived its controller"
     finally:
         controller.kill()
         controller.wait()
-        if marker.exists() and marker.read_text() and _alive(int(marker.read_text())):
+        if marker.exists() and marker.read_text() and running(int(marker.read_text())):
             os.kill(int(marker.read_text()), signal.SIGKILL)  # ours, by PID: a failed run
 
 
