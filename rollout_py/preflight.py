@@ -14,8 +14,8 @@ from rollout_py.balancer.fleet import Balancer, out_of_rotation
 from rollout_py.balancer.runtime import ServerState
 from rollout_py.errors import BalancerError, PreflightError, StateError
 from rollout_py.executor import Executor
+from rollout_py.http_get import http_get
 from rollout_py.planner import Plan
-from rollout_py.probes import http_get
 from rollout_py.state import StateDir
 
 if TYPE_CHECKING:

@@ -6,22 +6,17 @@ any failure resets the count.
 
 from __future__ import annotations
 
-import base64
-import functools
 import http.client
 import json
 import re
 import socket
-import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from requests.utils import DEFAULT_CA_BUNDLE_PATH
-
+from rollout_py.http_get import http_get
 from rollout_py.spec import CommandProbe, HAProxyProbe, HttpProbe, Probe, TcpProbe
 
 
@@ -46,49 +41,6 @@ def _json_path(data: Any, path: str) -> Any:
         else:
             raise KeyError(path)
     return data
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """Certificates checked against the CA bundle requests uses (loaded once)."""
-    return ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE_PATH)
-
-
-def http_get(url: str, timeout: float) -> tuple[int, str]:
-    """GET ``url``: its status and its body as text (the response's charset, else UTF-8).
-
-    One connection of Python's http.client per call, closed after it: the continuous watch
-    spends this on every host in turn, and the batch probes a few per host (urllib3 over the
-    same http.client cost 30 % more CPU a call, requests twice as much). Never a pooled
-    connection: a server that closes it late (a loaded host) would fail the next call that
-    reused it. No proxy from the environment, the CA bundle requests uses, no redirects.
-    Raises OSError, ValueError (not an http(s) URL) or http.client.HTTPException.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url}")
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(parts.hostname, parts.port or 443, timeout=timeout,
-                                           context=_tls())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
-    headers = {"Connection": "close"}
-    if parts.username is not None:
-        user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    try:
-        conn.request("GET", target, headers=headers)
-        resp = conn.getresponse()
-        data = resp.read()
-    finally:
-        conn.close()
-    charset = resp.headers.get_content_charset() or "utf-8"
-    try:
-        return resp.status, data.decode(charset, errors="replace")
-    except LookupError:  # a charset Python does not know
-        return resp.status, data.decode("utf-8", errors="replace")
 
 
 class Prober:
