@@ -5,6 +5,7 @@ framed answers however the channel cuts them into chunks."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -83,6 +84,39 @@ def test_the_relay_frames_each_answer_with_its_status(admin_socket: tuple[Path, 
             assert answers == ["", "", ""]
             assert all(s.startswith("1 ") and "No such file" in s for s in statuses)
     assert seen == ["show two", "set server app/a state ready", "show two"]
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is set up by tools/dev.sh")
+def test_an_answer_and_its_end_line_leave_the_relay_in_one_write(
+        admin_socket: tuple[Path, list[str]]) -> None:
+    """One write per answer, so the SSH channel carries it in one packet (one for the answer
+    and one for its end line cost paramiko's thread twice the work). A pipe's write of at most
+    PIPE_BUF bytes is atomic: the first read after each command gets the answer whole."""
+    path, _ = admin_socket
+    with subprocess.Popen(["sh", "-c", RELAY.format(token=TOKEN), "rollout-relay", str(path)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        for command in ("show two", "set server app/a state ready") * 5:
+            proc.stdin.write(f"{command}\n".encode())
+            proc.stdin.flush()
+            first = os.read(proc.stdout.fileno(), 65536).decode()
+            answer = "line one\nline two\n\n" if command == "show two" else "\n"
+            assert first == f"{answer}\n{TOKEN} 0 \n"
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_the_relay_leaves_no_file_behind(admin_socket: tuple[Path, list[str]],
+                                         tmp_path: Path) -> None:
+    if shutil.which("socat") is None:
+        pytest.skip("socat is set up by tools/dev.sh")
+    path, _ = admin_socket
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    subprocess.run(["sh", "-c", RELAY.format(token=TOKEN), "rollout-relay", str(path)],
+                   input="show two\n", capture_output=True, text=True, timeout=30, check=True,
+                   env={**os.environ, "TMPDIR": str(tmp)})
+    assert list(tmp.iterdir()) == []
 
 
 class ChunkedChannel:
