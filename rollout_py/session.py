@@ -29,7 +29,8 @@ from rollout_py import events as ev
 from rollout_py.balancer.fleet import Balancer, HAProxyFleet
 from rollout_py.balancer.lease import FleetLease, acquire_fleet_lease
 from rollout_py.balancer.runtime import RuntimeAPI
-from rollout_py.balancer.transports import SshOptions, open_transport
+from rollout_py.balancer.ssh import SshOptions
+from rollout_py.balancer.transports import open_transport
 from rollout_py.controls import Control
 from rollout_py.errors import BalancerError, InputError, PreflightError
 from rollout_py.exec_nodes import NodePool, ssh_transport

@@ -33,7 +33,8 @@ from rollout_py.balancer.lease_locks import (
     me,
 )
 from rollout_py.balancer.runtime import validate_name
-from rollout_py.balancer.transports import SshOptions, parse_socket_url
+from rollout_py.balancer.ssh import SshOptions
+from rollout_py.balancer.transports import parse_socket_url
 from rollout_py.errors import InputError
 from rollout_py.lock import Holder, LockHeldError
 

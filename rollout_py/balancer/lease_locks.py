@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from rollout_py.balancer.transports import SshOptions, parse_socket_url, ssh_connect
+from rollout_py.balancer.ssh import SshOptions, ssh_connect
+from rollout_py.balancer.transports import parse_socket_url
 from rollout_py.errors import BalancerUnreachable, PreflightError
 from rollout_py.lock import Holder, pid_alive
 

@@ -29,7 +29,8 @@ from rollout_py.balancer.maps import (
     validate_map_word,
 )
 from rollout_py.balancer.runtime import RuntimeAPI, ServerState, StatRow
-from rollout_py.balancer.transports import SshTransport, UnixTransport
+from rollout_py.balancer.ssh import SshTransport
+from rollout_py.balancer.transports import UnixTransport
 from rollout_py.errors import BalancerError, BalancerUnreachable
 
 _LISTED = re.compile(r"^(-?[0-9]+) \((.*?)\) ")

@@ -22,7 +22,7 @@ from typing import Any
 
 import rollout_py.lab.exec_nodes as exec_nodes
 from rollout_py.balancer import RuntimeAPI, open_transport
-from rollout_py.balancer.transports import SshOptions
+from rollout_py.balancer.ssh import SshOptions
 from rollout_py.errors import InputError, LabError, LabPrerequisiteError
 from rollout_py.lab import artifact, db, files, flagfiles, haproxy, hosts, net, pools, prometheus
 from rollout_py.lab.layout import APP_PORT, MAX_HOSTS, RUN_ROOT, HostSpec, Layout, LbSpec

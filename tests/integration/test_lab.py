@@ -16,7 +16,7 @@ from typing import Any
 import ansible_runner
 import pytest
 
-from rollout_py.balancer.transports import SshTransport
+from rollout_py.balancer.ssh import SshTransport
 from rollout_py.errors import BalancerError, BalancerUnreachable
 from rollout_py.executor import AnsibleExecutor, Cancel
 from rollout_py.lab import artifact

@@ -9,7 +9,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from rollout_py.balancer.transports import load_host_keys
+from rollout_py.balancer.ssh import load_host_keys
 
 
 def key_line(names: str, key: paramiko.PKey) -> str:

@@ -25,7 +25,7 @@ from rollout_py.balancer.lease import (
     local_lock_name,
 )
 from rollout_py.balancer.lease_locks import LeaseSite, me, remote_script
-from rollout_py.balancer.transports import SshOptions
+from rollout_py.balancer.ssh import SshOptions
 from rollout_py.errors import InputError, PreflightError
 from rollout_py.lock import Holder, LockHeldError
 from tests.childkit import ChildProcs
@@ -41,7 +41,7 @@ _CHILD = textwrap.dedent(f"""
     _pkg.__path__ = [{_PKG!r}]
     sys.modules["rollout_py"] = _pkg
     from rollout_py.balancer.lease import acquire_fleet_lease
-    from rollout_py.balancer.transports import SshOptions
+    from rollout_py.balancer.ssh import SshOptions
     lease = acquire_fleet_lease([sys.argv[1]], sys.argv[2], ssh=lambda host: SshOptions(),
                                 deploy_id=sys.argv[3], message="child deploy")
     print("LOCKED", flush=True)

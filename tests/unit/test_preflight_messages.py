@@ -323,7 +323,8 @@ def ssh_server() -> Any:
 
 def test_an_unknown_lb_host_key_says_which_setting_to_add(ssh_server: Any,
                                                           tmp_path: Path) -> None:
-    from rollout_py.balancer.transports import SshOptions, open_transport
+    from rollout_py.balancer.ssh import SshOptions
+    from rollout_py.balancer.transports import open_transport
 
     port, key = ssh_server
     url = f"ssh://root@127.0.0.1:{port}/run/haproxy/admin.sock"

@@ -10,7 +10,7 @@ import paramiko
 import pytest
 import yaml
 
-from rollout_py.balancer.transports import SshOptions
+from rollout_py.balancer.ssh import SshOptions
 from rollout_py.errors import InputError
 from rollout_py.session import ssh_options_for
 from rollout_py.spec import Spec, load_spec

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from rollout_py.balancer.transports import RELAY, SshOptions, SshTransport
+from rollout_py.balancer.ssh import RELAY, SshOptions, SshTransport
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -168,3 +168,28 @@ def test_a_command_of_more_than_one_line_is_refused_before_anything_is_sent() ->
     with pytest.raises(BalancerError, match="a runtime API command is one line"):
         t.send("show stat\nshutdown sessions server app/a")
     assert t._relay is None and t._client is None  # no connection was even opened
+
+
+def test_an_lb_connections_thread_wakes_once_a_second_when_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramiko's reading thread wakes at its socket's timeout only to see whether the
+    connection was closed: ssh_connect's connections use 1 s, not paramiko's 0.1 s."""
+    import paramiko
+
+    from rollout_py.balancer import ssh
+
+    seen: dict[str, Any] = {}
+
+    def connect(self: paramiko.SSHClient, *args: Any, **kwargs: Any) -> None:
+        seen.update(kwargs)
+        raise paramiko.SSHException("stop here")
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    with pytest.raises(paramiko.SSHException, match="stop here"):
+        ssh.ssh_connect("root", "lb2", 22, SshOptions(known_hosts=os.devnull))
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        transport = seen["transport_factory"](mine, disabled_algorithms=None)
+        assert isinstance(transport, paramiko.Transport)
+        assert mine.gettimeout() == 1.0
+        assert paramiko.Transport(theirs).sock.gettimeout() == 0.1  # paramiko's own, as was
