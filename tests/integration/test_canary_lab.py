@@ -230,12 +230,31 @@ def story(run: Run) -> str:
         if kind == "analysis_window":
             lines.append(f"{kind} {e['purpose']} step {e['step']} #{e['window']} "
                          f"{e['canary']}: {e['verdict']} {e['reason'][:300]}")
+            # HAProxy's averages cover a server's last 1024 requests, not the window: say
+            # what each LB held (rtime ms / requests ever) to tell history from the window.
+            lines.append("  raw " + "; ".join(
+                f"{lb.rsplit('/', 1)[-1]} " + " ".join(
+                    f"{s}={c['rtime']}/{c['stot']}" for s, c in sorted(per.items()))
+                for lb, per in e["raw"].items()))
         elif kind in ("batch_started", "batch_failed", "rollback_started", "analysis_finished",
                       "pause_started", "control_received", "weights_set", "weights_restored",
                       "deploy_finished", "deploy_resumed", "metrics_unavailable"):
             lines.append(" ".join(f"{k}={v}" for k, v in e.items()
                                   if k not in ("deploy_id", "ts", "achieved")))
-    return "\n".join([*lines, f"exit {run.returncode}", run.stderr[-2000:]])
+    return "\n".join([*lines, *slowest(run), f"exit {run.returncode}", run.stderr[-2000:]])
+
+
+def slowest(run: Run, per_server: int = 3) -> list[str]:
+    """Each server's slowest requests of the run (client-side), in seconds since the first
+    journaled event: where a latency verdict's history came from."""
+    t0 = run.events[0]["ts"] if run.events else 0.0
+    by: dict[str, list[Record]] = {}
+    for r in run.load.records:
+        by.setdefault(r.lb_server or "?", []).append(r)
+    return [f"slowest on {server}: " + ", ".join(
+                f"{r.latency * 1000:.0f} ms at {r.sent_at - t0:+.2f} s"
+                for r in sorted(records, key=lambda r: -r.latency)[:per_server])
+            for server, records in sorted(by.items())]
 
 
 def failures(run: Run) -> list[Record]:
