@@ -202,7 +202,8 @@ class Run:
     """One ansible-playbook run of the role: its outcome per task and host, and its stats."""
 
     def __init__(self, tmp_path: Path, version: str, tags: str | None = None,
-                 check: bool = False, extra: dict[str, Any] | None = None) -> None:
+                 check: bool = False, extra: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         (tmp_path / "playbook.yml").write_text(PLAYBOOK)
         runs = tmp_path / "runs"
         runs.mkdir(exist_ok=True)
@@ -216,7 +217,7 @@ class Run:
             cancel_callback=lambda: False,
             extravars={"version": version, "artifact_dir": str(tmp_path / "artifacts"),
                        **(extra or {})},
-            envvars={"ANSIBLE_ROLES_PATH": str(REPO / "roles")})
+            envvars={"ANSIBLE_ROLES_PATH": str(REPO / "roles"), **(env or {})})
         self.rc = result.rc
         self.results: dict[tuple[str, str], dict[str, Any]] = {}
         self.status: dict[tuple[str, str], str] = {}
@@ -275,6 +276,35 @@ def test_stage_run_stages_prunes_and_reports_then_switch_run_switches(
     assert switched.previous == {"h1": "1.0", "h2": None}
     for root in hosts.values():
         assert os.readlink(root / "current") == str(root / "releases" / "2.0")
+
+
+def stage_module_runs(tmp_path: Path, version: str, **extra: Any) -> int:
+    """How many times a stage run (--tags stage,prune) started the hosts' Python, i.e. ran the
+    stage module, on the two hosts (the interpreter is a wrapper that counts its starts)."""
+    count = tmp_path / f"starts-{time.monotonic_ns()}"
+    wrapper = tmp_path / "python-counting"
+    wrapper.write_text(f'#!/bin/sh\necho >> "$COUNT"\nexec {sys.executable} "$@"\n')
+    wrapper.chmod(0o755)
+    run = Run(tmp_path, version, tags="stage,prune",
+              extra={"ansible_python_interpreter": str(wrapper), **extra},
+              env={"COUNT": str(count)})
+    assert run.rc == 0, run.results
+    return len(count.read_text().splitlines()) if count.exists() else 0
+
+
+def test_a_small_archive_goes_with_the_one_module_run_a_big_one_after_asking(
+        tmp_path: Path, hosts: dict[str, Path]) -> None:
+    """Up to app_release_transfer_first_max bytes the archive is sent with the module's one
+    run per host (a staged host gets it too and unpacks nothing); above, a first run asks and
+    only a host that needs the release gets the archive and a second run."""
+    assert stage_module_runs(tmp_path, "2.0") == 2  # both hosts staged 2.0 in one run each
+    assert releases(hosts["h1"]) == ["1.0", "2.0"] and releases(hosts["h2"]) == ["2.0"]
+    assert stage_module_runs(tmp_path, "2.0") == 2  # staged already: one run each, no change
+    assert releases(hosts["h2"]) == ["2.0"]
+    size = (tmp_path / "artifacts" / "app-3.0.tar.gz").stat().st_size
+    assert stage_module_runs(tmp_path, "3.0", app_release_transfer_first_max=size - 1) == 4
+    assert releases(hosts["h2"]) == ["2.0", "3.0"]
+    assert stage_module_runs(tmp_path, "3.0", app_release_transfer_first_max=0) == 2
 
 
 def test_plain_run_does_it_all_and_a_second_run_changes_nothing(

@@ -18,8 +18,9 @@ description:
     current pointed to.
   - Without I(src), a release that needs staging is not staged; the module returns
     C(needs_artifact=true) (and prunes nothing yet, except in check mode). The action plugin of
-    the same name uses that to transfer the archive only when it is needed - one module run
-    on a host whose release is staged or current, two otherwise.
+    the same name gives a small archive with the first run (one module run per host; a host
+    whose release is staged unpacks nothing), and uses C(needs_artifact) to transfer a big
+    one only where it is needed (a second run there).
   - Supports check mode (reports what it would unpack and remove, the releases as a diff; the
     release that would be staged counts as the newest when pruning). Changes nothing.
 options:
