@@ -139,9 +139,9 @@ def wait_for_playbook(deploy_id: str, timeout: float = 120) -> None:
     wait_for_ansible(deploy_id, timeout, what=f"of deploy {deploy_id}")
 
 
-def wait_for_ansible(marker: str, timeout: float = 120, *, what: str = "") -> None:
-    """Returns once an ansible-playbook process whose command line holds ``marker`` runs
-    (lab hosts and execution nodes share this machine's process table)."""
+def wait_for_ansible(marker: str, timeout: float = 120, *, what: str = "") -> list[str]:
+    """Returns, once it runs, the command line of an ansible-playbook process whose command
+    line holds ``marker`` (lab hosts and execution nodes share this machine's process table)."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -154,7 +154,7 @@ def wait_for_ansible(marker: str, timeout: float = 120, *, what: str = "") -> No
             except OSError:
                 continue
             if b"ansible-playbook" in cmdline and marker.encode() in cmdline:
-                return
+                return [arg.decode(errors="replace") for arg in cmdline.split(b"\0") if arg]
         time.sleep(0.05)
     raise AssertionError(f"no ansible-playbook {what or marker} within {timeout} s")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -106,6 +108,7 @@ def test_a_node_killed_mid_batch_rolls_the_batch_back_through_the_other(
     pool = NodePool(load_spec(spec).executors)  # type: ignore[arg-type]
     batch1 = [h.name for h in lab.app_hosts][:3]
     victim = pool.node_for(batch1[0]).name  # type: ignore[union-attr]
+    argv: list[str] = []  # the victim's ansible-playbook, once it runs
     with load(lab) as summaries:
         child = subprocess.Popen(
             [sys.executable, "-m", "rollout_py", "deploy", "-f", str(spec), "--version", "n2",
@@ -113,13 +116,14 @@ def test_a_node_killed_mid_batch_rolls_the_batch_back_through_the_other(
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             # its inventory path on the node names the run: NODE@LABEL
-            wait_for_ansible(f"{victim}@batch1-upgrade")
+            argv += wait_for_ansible(f"{victim}@batch1-upgrade")
             wait_for(lambda: all(versions(lab)[h] == "n2" for h in batch1))  # switched
             kill_node(lab, victim)
             out, err = child.communicate(timeout=300)
         finally:
             if child.poll() is None:
                 child.kill()
+            remove_node_leftovers(argv)
     summary = summaries[0]
     result = json.loads(out.splitlines()[-1])["result"]
     assert child.returncode == 1, err[-3000:]
@@ -133,6 +137,20 @@ def test_a_node_killed_mid_batch_rolls_the_batch_back_through_the_other(
     other = next(n.name for n in pool.spec.nodes if n.name != victim)
     rollbacks = [n for n in runs_of(spec) if n.endswith("batch1-rollback")]
     assert rollbacks and all(f"-{other}@" in n for n in rollbacks), runs_of(spec)
+
+
+def remove_node_leftovers(argv: list[str]) -> None:
+    """What the killed node could not remove: its run's private data dir and SSH control dir
+    of this deploy (``/tmp/rollout-worker-TOKEN-...``, ``/tmp/rollout-cp-TOKEN-...``, named by
+    the token in the killed ansible-playbook's arguments). A real node's /tmp is its own; a lab
+    node's is this machine's."""
+    found = next((m for a in argv if (m := re.search(r"/tmp/rollout-worker-([0-9a-f]{10})-", a))),
+                 None)
+    if found is None:
+        return
+    for left in [*Path("/tmp").glob(f"rollout-worker-{found.group(1)}-*"),
+                 *Path("/tmp").glob(f"rollout-cp-{found.group(1)}-*")]:
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
