@@ -42,8 +42,11 @@ def ansible_dir(tmp_path: Path) -> Path:
     (tmp_path / "inventory.ini").write_text(
         f"localhost ansible_connection=local ansible_python_interpreter={sys.executable} "
         f"ansible_remote_tmp={tmp_path}/remote-tmp\n")
+    # A module killed mid-run leaves its payload dir in the system temp dir: this test's own.
+    (tmp_path / "tmp").mkdir()
     (tmp_path / "sleep.yml").write_text(
-        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        "- hosts: all\n  gather_facts: false\n"
+        f"  environment:\n    TMPDIR: {tmp_path / 'tmp'}\n  tasks:\n"
         "    - ansible.builtin.command: sleep 120\n")
     return tmp_path
 
@@ -123,7 +126,8 @@ def leftovers() -> Iterator[list[Proc]]:
 def test_kill_9_of_the_controller_ends_its_ansible_processes(
         ansible_dir: Path, leftovers: list[Proc], mode: str) -> None:
     controller = subprocess.Popen([sys.executable, "-c", CONTROLLER, str(ansible_dir), mode],
-                                  cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
+                                  cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO),
+                                                              "TMPDIR": str(ansible_dir / "tmp")})
     try:
         tree = _wait_for_task(controller.pid)
         leftovers += tree
