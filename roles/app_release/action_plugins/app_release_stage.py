@@ -51,9 +51,12 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
         # role's library/ (the role used from a roles path), rollout.fleet.* when the role runs
         # from the collection (a collection's roles have no library/ of their own).
         module = self._task.resolved_action or MODULE
-        if (not self._task.check_mode and boolean(args.get("stage", True), strict=False)
-                and isinstance(artifact, str) and os.path.isfile(artifact)
-                and os.path.getsize(artifact) <= first_max):
+        # The archive's size on the controller; None when it is not there (then only a host
+        # that needs it fails, once its first run says so).
+        size = (os.path.getsize(artifact)
+                if isinstance(artifact, str) and os.path.isfile(artifact) else None)
+        if (size is not None and size <= first_max and not self._task.check_mode
+                and boolean(args.get("stage", True), strict=False)):
             result.update(self._with_artifact(artifact, module, args, task_vars))
             return result
 
@@ -63,7 +66,7 @@ class ActionModule(ActionBase):  # type: ignore[misc]  # ansible ships no type i
         if inspected.get("failed") or not inspected.get("needs_artifact"):
             return result
 
-        if not isinstance(artifact, str) or not os.path.isfile(artifact):
+        if size is None:
             result.update(failed=True, changed=False,
                           msg=f"artifact {json.dumps(artifact)} not found on the controller")
             return result
